@@ -1,0 +1,388 @@
+"""Full-ranking retrieval metrics computed from the rank of the target item.
+
+Conventions:
+  * Item ids are ``1..num_items``; id 0 is padding and is never a candidate.
+  * A rank is 0-based: the number of competing candidate items ranked ahead of
+    the target, so rank 0 means the target is the top item.
+  * Ties are counted pessimistically: every other candidate whose score is
+    ``>=`` the target's score is ranked ahead of it. Tied models therefore
+    never get credit for a tie. NaN is pessimistic too: a NaN candidate score
+    counts as ahead of the target, and a NaN target score is beaten by every
+    candidate (the test used is ``not (score < target_score)``).
+  * Excluded items (e.g. the user's history) and padding id 0 never count. The
+    target never counts against itself, even when it is in the exclude list.
+  * Targets must lie in ``[1, num_items]``. An out-of-range target (e.g. a
+    padding row with target 0 in ``chunked_ranks``) gets the worst rank;
+    give such rows weight 0 in `MetricAccumulator`.
+
+Typical evaluation loop::
+
+  acc = MetricAccumulator()
+  for batch in batches:
+    ranks = eval_step(params, batch)          # jitted, uses chunked_ranks
+    acc.update(metrics_from_ranks(ranks), weights=batch['valid'])
+  print(acc.result())                         # {'hr@10': ..., 'mrr': ...}
+"""
+from typing import Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_KS = (1, 10, 50, 200, 500)
+
+ScoreFn = Callable[[jax.Array], jax.Array]
+
+
+def _targets_2d(targets: jax.Array, batch: int) -> tuple[jax.Array, bool]:
+  """Returns targets as int32 `(B, T)` and whether the input was `(B,)`."""
+  targets = jnp.asarray(targets)
+  if not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise TypeError(f"targets must be integer item ids, got {targets.dtype}")
+  targets = targets.astype(jnp.int32)
+  if targets.ndim == 1:
+    targets, squeeze = targets[:, None], True
+  elif targets.ndim == 2:
+    squeeze = False
+  else:
+    raise ValueError(f"targets must be (B,) or (B, T), got shape {targets.shape}")
+  if targets.shape[0] != batch:
+    raise ValueError(f"targets have batch {targets.shape[0]}, scores have {batch}")
+  return targets, squeeze
+
+
+def _check_exclude(exclude_ids: jax.Array, batch: int) -> jax.Array:
+  exclude_ids = jnp.asarray(exclude_ids)
+  if exclude_ids.ndim != 2 or exclude_ids.shape[0] != batch:
+    raise ValueError(
+        f"exclude_ids must be (B={batch}, H), got shape {exclude_ids.shape}")
+  if not jnp.issubdtype(exclude_ids.dtype, jnp.integer):
+    raise TypeError(f"exclude_ids must be integer item ids, got {exclude_ids.dtype}")
+  return exclude_ids.astype(jnp.int32)
+
+
+def _count_ahead(scores: jax.Array, item_ids: jax.Array, candidate: jax.Array,
+                 targets: jax.Array, target_scores: jax.Array) -> jax.Array:
+  """Counts candidates ranked ahead of each target.
+
+  Args:
+    scores: `(B, C)` scores of the items `item_ids`.
+    item_ids: `(C,)` ids of the scored items.
+    candidate: `(B, C)` bool, False for padding, excluded or masked items.
+    targets: `(B, T)` target ids.
+    target_scores: `(B, T)` scores of the targets.
+
+  Returns:
+    `(B, T)` int32 counts.
+  """
+  ahead = jnp.logical_not(scores[:, None, :] < target_scores[..., None])
+  not_self = item_ids[None, None, :] != targets[..., None]
+  return jnp.sum(candidate[:, None, :] & ahead & not_self, axis=-1,
+                 dtype=jnp.int32)
+
+
+@jax.jit
+def _dense_ranks(scores: jax.Array, targets: jax.Array,
+                 exclude_ids: Optional[jax.Array]) -> jax.Array:
+  """`(B, N+1)` scores, `(B, T)` targets, `(B, H)` excludes -> `(B, T)` ranks."""
+  batch, width = scores.shape
+  candidate = jnp.ones((batch, width), bool).at[:, 0].set(False)
+  if exclude_ids is not None:
+    # Negative ids would wrap around in the scatter; send them out of bounds.
+    exclude_ids = jnp.where(exclude_ids < 0, width, exclude_ids)
+    rows = jnp.arange(batch)[:, None]
+    candidate = candidate.at[rows, exclude_ids].set(False, mode="drop")
+  in_range = (targets >= 1) & (targets < width)
+  target_scores = jnp.take_along_axis(
+      scores, jnp.clip(targets, 0, width - 1), axis=1)
+  target_scores = jnp.where(in_range, target_scores, jnp.nan)
+  return _count_ahead(scores, jnp.arange(width), candidate, targets,
+                      target_scores)
+
+
+def ranks_from_scores(scores: jax.Array, targets: jax.Array,
+                      exclude_ids: Optional[jax.Array] = None) -> jax.Array:
+  """Ranks of the targets among all non-excluded items, from full scores.
+
+  Args:
+    scores: `(B, N+1)` float scores over item ids `0..N`; column 0 (padding)
+      is ignored.
+    targets: `(B,)` int target ids in `[1, N]`, or `(B, T)` for several
+      targets per row, each ranked independently (other targets compete;
+      the comparison is `(B, T, N+1)`, so keep T small).
+    exclude_ids: optional `(B, H)` int ids never counted as competitors,
+      padded with 0; may contain duplicates and the target itself.
+
+  Returns:
+    int32 ranks, `(B,)` (or `(B, T)` for 2-D targets).
+  """
+  scores = jnp.asarray(scores)
+  if scores.ndim != 2:
+    raise ValueError(f"scores must be (B, N+1), got shape {scores.shape}")
+  batch = scores.shape[0]
+  targets, squeeze = _targets_2d(targets, batch)
+  if exclude_ids is not None:
+    exclude_ids = _check_exclude(exclude_ids, batch)
+  ranks = _dense_ranks(scores, targets, exclude_ids)
+  return ranks[:, 0] if squeeze else ranks
+
+
+def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
+                  exclude_ids: Optional[jax.Array] = None,
+                  chunk_size: int = 4096,
+                  target_scores: Optional[jax.Array] = None) -> jax.Array:
+  """Same as `ranks_from_scores` but scores items chunk by chunk.
+
+  Only `(B, C)` score blocks are ever live (C = chunk size), never `(B, N)`.
+  The item range `1..num_items` is cut into `ceil(num_items / C)` chunks of
+  fixed size C = min(chunk_size, num_items) and scanned with
+  `jax.lax.fori_loop`. In the last chunk, ids past `num_items` are passed to
+  `score_fn` as 0 (padding) and their scores are ignored.
+
+  If `target_scores` is None, a first pass over the chunks picks each target's
+  score out of its own chunk, so the counting pass compares values computed
+  by exactly the same code (no spurious mismatches from a differently-fused
+  dot product); this costs a second call of `score_fn` per chunk.
+
+  Usage under jit (`score_fn` is a Python closure, i.e. static)::
+
+    @functools.partial(jax.jit, static_argnames='num_items')
+    def eval_ranks(query, item_emb, targets, history, num_items):
+      def score_fn(ids):                   # (C,) -> (B, C)
+        return query @ item_emb[ids].T
+      return chunked_ranks(score_fn, targets, num_items, exclude_ids=history)
+
+  Args:
+    score_fn: maps item ids `(C,)` int32 (values in `[0, num_items]`) to the
+      `(B, C)` float scores of the batch's queries against those items.
+    targets: `(B,)` int target ids in `[1, num_items]`, or `(B, T)`.
+    num_items: number of items N (a Python int, static under jit).
+    exclude_ids: optional `(B, H)` int ids to exclude, padded with 0.
+    chunk_size: items per chunk (a Python int).
+    target_scores: optional precomputed scores of the targets, same shape
+      as `targets`. They must equal what `score_fn` returns for the targets
+      bit for bit, or ties may be miscounted.
+
+  Returns:
+    int32 ranks, `(B,)` (or `(B, T)` for 2-D targets).
+  """
+  if not isinstance(num_items, (int, np.integer)) or num_items < 1:
+    raise ValueError(f"num_items must be a positive Python int, got {num_items!r}")
+  if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive Python int, got {chunk_size!r}")
+  num_items = int(num_items)
+  chunk = min(int(chunk_size), num_items)
+  num_chunks = -(-num_items // chunk)
+  targets = jnp.asarray(targets)
+  batch = targets.shape[0] if targets.ndim else 0
+  targets, squeeze = _targets_2d(targets, batch)
+
+  out = jax.eval_shape(score_fn, jax.ShapeDtypeStruct((chunk,), jnp.int32))
+  if out.shape != (batch, chunk):
+    raise ValueError(f"score_fn must map ({chunk},) ids to ({batch}, {chunk}) "
+                     f"scores, got {out.shape}")
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise TypeError(f"score_fn must return float scores, got {out.dtype}")
+
+  offsets = jnp.arange(chunk, dtype=jnp.int32)
+  rows = jnp.arange(batch)[:, None]
+
+  def score_chunk(c):
+    start = 1 + c * chunk
+    ids = start + offsets
+    valid = ids <= num_items
+    return start, ids, valid, score_fn(jnp.where(valid, ids, 0))
+
+  target_valid = (targets >= 1) & (targets <= num_items)
+  if target_scores is None:
+    def find_body(c, found):
+      start, _, _, scores = score_chunk(c)
+      rel = targets - start
+      inside = target_valid & (rel >= 0) & (rel < chunk)
+      picked = jnp.take_along_axis(scores, jnp.clip(rel, 0, chunk - 1), axis=1)
+      return jnp.where(inside, picked, found)
+
+    init = jnp.full(targets.shape, jnp.nan, out.dtype)
+    target_scores = jax.lax.fori_loop(0, num_chunks, find_body, init)
+  else:
+    target_scores = jnp.asarray(target_scores, out.dtype)
+    if squeeze:
+      target_scores = target_scores[..., None]
+    if target_scores.shape != targets.shape:
+      raise ValueError(f"target_scores shape {target_scores.shape} does not "
+                       f"match targets {targets.shape}")
+    target_scores = jnp.where(target_valid, target_scores, jnp.nan)
+
+  if exclude_ids is not None:
+    exclude_ids = _check_exclude(exclude_ids, batch)
+
+  def count_body(c, counts):
+    start, ids, valid, scores = score_chunk(c)
+    candidate = jnp.broadcast_to(valid, (batch, chunk))
+    if exclude_ids is not None:
+      rel = exclude_ids - start
+      # Out-of-chunk ids (incl. padding 0) go to index `chunk` and are dropped.
+      rel = jnp.where((rel >= 0) & (rel < chunk), rel, chunk)
+      candidate = candidate.at[rows, rel].set(False, mode="drop")
+    return counts + _count_ahead(scores, ids, candidate, targets, target_scores)
+
+  ranks = jax.lax.fori_loop(0, num_chunks, count_body,
+                            jnp.zeros(targets.shape, jnp.int32))
+  return ranks[:, 0] if squeeze else ranks
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+  ks = tuple(ks)
+  for k in ks:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f"cutoffs must be positive ints, got {ks!r}")
+  return tuple(int(k) for k in ks)
+
+
+def metrics_from_ranks(ranks: jax.Array,
+                       ks: Sequence[int] = DEFAULT_KS) -> dict[str, jax.Array]:
+  """Per-example metrics of a single target from its 0-based rank.
+
+  Args:
+    ranks: `(B,)` int ranks.
+    ks: cutoffs K.
+
+  Returns:
+    `(B,)` float32 arrays: `hr@K` (rank < K), `recall@K` (same as `hr@K` for
+    one target), `ndcg@K` (1/log2(rank+2) if rank < K else 0) for each K, and
+    `mrr` (1/(rank+1), no cutoff).
+  """
+  ks = _check_ks(ks)
+  hit, ndcg, mrr = _single_target(jnp.asarray(ranks), jnp.asarray(ks, jnp.int32))
+  out = {}
+  for i, k in enumerate(ks):
+    out[f"hr@{k}"] = hit[i]
+    out[f"recall@{k}"] = hit[i]
+    out[f"ndcg@{k}"] = ndcg[i]
+  out["mrr"] = mrr
+  return out
+
+
+@jax.jit
+def _single_target(ranks: jax.Array, ks: jax.Array):
+  """`(B,)` ranks, `(K,)` cutoffs -> hit `(K, B)`, ndcg `(K, B)`, mrr `(B,)`."""
+  r = ranks.astype(jnp.float32)
+  hit = ranks[None, :] < ks[:, None]
+  ndcg = jnp.where(hit, 1.0 / jnp.log2(r + 2.0), 0.0)
+  return hit.astype(jnp.float32), ndcg, 1.0 / (r + 1.0)
+
+
+def multi_target_metrics(
+    ranks: jax.Array, target_mask: jax.Array, ks: Sequence[int] = DEFAULT_KS,
+) -> tuple[dict[str, jax.Array], jax.Array]:
+  """Per-example metrics with several relevant (target) items per row.
+
+  Each target must have been ranked independently among all non-excluded
+  candidates with the other targets competing (e.g. `chunked_ranks` with
+  `(B, T)` targets; do not put targets in the exclude list). Targets in a row
+  should be distinct.
+
+  NDCG uses binary relevance: DCG@K sums 1/log2(rank+2) over targets with
+  rank < K, and the ideal DCG sums 1/log2(i+2) for i < min(T_b, K), T_b the
+  row's number of targets. A target's position in the ranked list is
+  approximated by its rank. This is exact when no two targets tie; tied
+  targets both count each other as ahead (pessimistic ties), so the
+  approximation can only lower NDCG, which stays within [0, 1].
+
+  Args:
+    ranks: `(B, T)` int ranks; entries where `target_mask` is False are
+      ignored.
+    target_mask: `(B, T)` bool, True for real targets.
+    ks: cutoffs K.
+
+  Returns:
+    `(metrics, weights)`. `metrics` maps `recall@K` (hits / T_b), `hr@K`
+    (any target in the top K), `ndcg@K` and `mrr` (reciprocal rank of the
+    best target) to `(B,)` float32. Rows without targets get 0 everywhere;
+    `weights` `(B,)` float32 is 1 for rows with at least one target, 0
+    otherwise; pass it (times any padding mask) to `MetricAccumulator`.
+  """
+  ranks = jnp.asarray(ranks)
+  mask = jnp.asarray(target_mask, bool)
+  if ranks.ndim != 2 or mask.shape != ranks.shape:
+    raise ValueError(f"ranks and target_mask must both be (B, T), got "
+                     f"{ranks.shape} and {mask.shape}")
+  ks = _check_ks(ks)
+  hr, recall, ndcg, mrr, weights = _multi_target(
+      ranks, mask, jnp.asarray(ks, jnp.int32))
+  out = {}
+  for i, k in enumerate(ks):
+    out[f"hr@{k}"] = hr[i]
+    out[f"recall@{k}"] = recall[i]
+    out[f"ndcg@{k}"] = ndcg[i]
+  out["mrr"] = mrr
+  return out, weights
+
+
+@jax.jit
+def _multi_target(ranks: jax.Array, mask: jax.Array, ks: jax.Array):
+  """`(B, T)` ranks and mask, `(K,)` cutoffs -> hr, recall, ndcg `(K, B)`,
+  mrr `(B,)`, weights `(B,)`."""
+  num_targets = jnp.sum(mask, axis=-1, dtype=jnp.int32)          # (B,)
+  has = num_targets > 0
+  denom = jnp.maximum(num_targets, 1).astype(jnp.float32)
+  gain = 1.0 / jnp.log2(ranks.astype(jnp.float32) + 2.0)           # (B, T)
+  hit = mask[None] & (ranks[None] < ks[:, None, None])             # (K, B, T)
+  hr = jnp.any(hit, axis=-1).astype(jnp.float32)
+  recall = jnp.sum(hit, axis=-1, dtype=jnp.float32) / denom
+  dcg = jnp.sum(jnp.where(hit, gain[None], 0.0), axis=-1)          # (K, B)
+  positions = jnp.arange(ranks.shape[1])
+  ideal_gain = 1.0 / jnp.log2(positions.astype(jnp.float32) + 2.0)  # (T,)
+  n_ideal = jnp.minimum(num_targets[None], ks[:, None])            # (K, B)
+  idcg = jnp.sum(jnp.where(positions < n_ideal[..., None], ideal_gain, 0.0),
+                 axis=-1)
+  ndcg = jnp.where(has, dcg / jnp.where(has, idcg, 1.0), 0.0)
+  best = jnp.min(jnp.where(mask, ranks, jnp.iinfo(ranks.dtype).max), axis=-1)
+  mrr = jnp.where(has, 1.0 / (best.astype(jnp.float32) + 1.0), 0.0)
+  return hr, recall, ndcg, mrr, has.astype(jnp.float32)
+
+
+class MetricAccumulator:
+  """Weighted running means of per-example metrics, summed on the host.
+
+  Keeps float64 sums and weight totals per metric, so the mean over several
+  (possibly padded) batches equals the mean over their concatenation.
+  """
+
+  def __init__(self):
+    self._sums: dict[str, float] = {}
+    self._weights: dict[str, float] = {}
+
+  def update(self, metrics: Mapping[str, jax.Array],
+             weights: Optional[jax.Array] = None) -> None:
+    """Adds a batch of per-example metrics.
+
+    Args:
+      metrics: name -> `(B,)` per-example values.
+      weights: optional `(B,)` bool mask or float weights; rows with weight 0
+        (e.g. padding) are ignored even if their values are NaN.
+    """
+    w = None if weights is None else np.asarray(weights, np.float64)
+    for name, values in metrics.items():
+      v = np.asarray(values, np.float64)
+      if v.ndim != 1:
+        raise ValueError(f"metric {name!r} must be (B,), got shape {v.shape}")
+      if w is None:
+        wv = np.ones_like(v)
+      elif w.shape != v.shape:
+        raise ValueError(f"weights shape {w.shape} does not match metric "
+                         f"{name!r} shape {v.shape}")
+      else:
+        wv = w
+      self._sums[name] = self._sums.get(name, 0.0) + float(
+          np.sum(np.where(wv != 0, v, 0.0) * wv))
+      self._weights[name] = self._weights.get(name, 0.0) + float(np.sum(wv))
+
+  def result(self) -> dict[str, float]:
+    """Weighted means; NaN for a metric whose total weight is 0."""
+    return {name: (s / self._weights[name] if self._weights[name] else
+                   float("nan")) for name, s in self._sums.items()}
+
+  def reset(self) -> None:
+    self._sums.clear()
+    self._weights.clear()
