@@ -1,0 +1,3 @@
+"""Model building blocks: similarity heads (and encoders)."""
+
+from jaxret.models.heads import HEADS
