@@ -1,0 +1,61 @@
+"""Default configuration: SASRec + MoL + sampled softmax, leave-one-out, ML-1M settings.
+
+Every field is overridable from the command line: `--config.train.batch_size=64`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = "ml-1m-half"  # a folder under data_dir; `ml-1m` for the full MovieLens-1M
+  c.data_dir = ""  # '' -> $JAXRET_DATA_DIR, else ./data
+  c.min_interactions = 5  # iterative k-core on users and items (0 = off)
+  c.protocol = "loo"  # 'loo' (paper) or 'ratio' (seed study: 0.7/0.2/0.1 temporal split)
+  c.max_len = 200  # query history length L (most recent items)
+  c.seed = 0
+
+  # Model: a query encoder and a similarity head, each configured in its own section.
+  c.encoder = "sasrec"
+  c.head = "mol"
+  c.sasrec = ml_collections.ConfigDict(dict(
+      dim=50, num_blocks=2, num_heads=1, dropout=0.2, activation="relu"))
+  c.svd = ml_collections.ConfigDict(dict(dim=50, trainable=False, normalize_foldin=True))
+  c.dot = ml_collections.ConfigDict(dict(normalize=True, temperature=0.05))
+  c.mlp = ml_collections.ConfigDict(dict(hidden=(256, 128), dropout=0.1))
+  c.fm = ml_collections.ConfigDict(dict(factor_dim=64, dropout=0.0))
+  c.neural_fm = ml_collections.ConfigDict(dict(factor_dim=64, hidden=(64,), dropout=0.2))
+  c.mol = ml_collections.ConfigDict(dict(
+      num_query_components=8, num_item_components=4, component_dim=64, temperature=0.05,
+      gating_hidden=128, softmax_dropout=0.2, gating=True, query_hidden=512, item_dropout=0.1))
+  c.mol_aux_weight = 0.001  # weight of MoL's load-balancing (mutual information) loss
+
+  # Loss and negatives.
+  c.loss = "ss"  # 'bce', 'ss' (sampled softmax) or 'softmax' (full, small catalogs)
+  c.num_negatives = -1  # -1: the loss's default (bce 127, ss 128)
+  c.shared_negatives = True  # one (R,) negative set per step for all positions, else per position
+
+  # Optimisation.
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128  # global batch (sequences); must divide by the device count
+  c.train.epochs = 200  # upper bound; early stopping usually ends the run sooner
+  c.train.learning_rate = 1e-3
+  c.train.weight_decay = 0.0  # AdamW decoupled weight decay
+  c.train.warmup_steps = 0
+  c.train.grad_clip = 1.0  # global-norm clipping (0 = off)
+  c.train.num_devices = 0  # 0 = all visible devices
+  # Fraction of the B*L positions whose targets are scored per step: real (non-padding)
+  # positions first, a random subset of them if they don't fit. 1.0 = all (exact).
+  c.train.position_budget = 1.0
+
+  # Evaluation and early stopping.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+  c.eval.every_epochs = 1
+  c.eval.metric = "ndcg@10"  # validation metric for early stopping and the best checkpoint
+  c.eval.patience = 10  # evaluations without improvement before stopping (0 = never stop)
+  c.eval.ks = (1, 10, 50, 200, 500)
+  c.eval.exclude_history = True  # drop items of the query's history from the ranking
+  c.eval.chunk_size = 4096  # items scored at once in full ranking
+  c.eval.max_valid_examples = 0  # 0 = all; else a fixed random subset for validation
+  return c

@@ -1,0 +1,51 @@
+"""An encoder (query tower) and a similarity head, composed into one retrieval model."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class RetrievalModel(nn.Module):
+  """Scores items for the queries an encoder makes from item-id sequences.
+
+  Attributes:
+    encoder: maps left-padded `(B, L)` item ids to `(B, L, D)` queries and owns the item
+      embedding table (`embed_items`).
+    head: scores `(..., D)` queries against `(..., K, D)` item vectors -> `(..., K)`.
+  """
+  encoder: nn.Module
+  head: nn.Module
+
+  def __call__(self, inputs: jax.Array, targets: jax.Array, negatives: jax.Array,
+               positions: jax.Array | None = None, *,
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Training scores of every position, or of selected positions.
+
+    inputs, targets: (B, L) int32; negatives: (R,) shared by all positions, or (B, L, R).
+    positions: optional (T,) int32 indices into the flattened B*L positions: only those are
+      scored (the head is the expensive part; the encoder still runs on all of them).
+    Returns (pos (B, L), neg (B, L, R)), or (pos (T,), neg (T, R)) with `positions`.
+    """
+    queries = self.encode(inputs, deterministic=deterministic)
+    if positions is not None:
+      queries = queries.reshape(-1, queries.shape[-1])[positions]
+      targets = targets.reshape(-1)[positions]
+      if negatives.ndim > 1:
+        negatives = negatives.reshape(-1, negatives.shape[-1])[positions]
+    pos = self.score(queries, targets[..., None], deterministic=deterministic)[..., 0]
+    neg = self.score(queries, negatives, deterministic=deterministic)
+    return pos, neg
+
+  def encode(self, inputs: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """(B, L) int32 -> (B, L, D) queries; position t sees items at positions <= t."""
+    return self.encoder(inputs, deterministic=deterministic)
+
+  def score(self, queries: jax.Array, item_ids: jax.Array, *,
+            deterministic: bool = True) -> jax.Array:
+    """queries (..., D) against item ids (..., K) (leading dims broadcast) -> (..., K)."""
+    return self.head(queries, self.encoder.embed_items(item_ids), deterministic=deterministic)
+
+  def last_query(self, inputs: jax.Array) -> jax.Array:
+    """(B, L) left-padded histories -> (B, D) query after the whole history."""
+    return self.encode(inputs, deterministic=True)[:, -1]

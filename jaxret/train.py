@@ -1,0 +1,392 @@
+"""Training and evaluation: pure jitted steps and the `train_and_evaluate` loop.
+
+`train_step(state, batch, rng) -> (state, metrics)` and `eval_step(params, batch) -> sums`
+are built once per run by `make_train_step` / `make_eval_step` and jitted over the device
+mesh (batch split on `data`, parameters replicated); per-step randomness is
+`fold_in(rng, state.step)`. Metrics are returned as sums plus weights so averages are exact
+across devices and padded batches.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from jaxret import data as data_lib
+from jaxret import losses as losses_lib
+from jaxret import metrics as metrics_lib
+from jaxret import sharding
+from jaxret.checkpoint import Checkpointer
+from jaxret.errors import ConfigError, JaxretError
+from jaxret.models import encoders as encoders_lib
+from jaxret.models import heads as heads_lib
+from jaxret.models.retrieval import RetrievalModel
+
+DEFAULT_NEGATIVES = {"bce": 127, "ss": 128, "softmax": 0}
+
+
+class TrainingError(JaxretError):
+  """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class TrainState(train_state.TrainState):
+  pass
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _section(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+  section = config.get(name)
+  return dict(section) if section is not None else {}
+
+
+def build_model(config: ml_collections.ConfigDict, num_items: int) -> RetrievalModel:
+  encoder_cls = encoders_lib.ENCODERS.get(config.encoder)
+  head_cls = heads_lib.HEADS.get(config.head)
+  losses_lib.LOSSES.get(config.loss)  # fail fast on an unknown loss name
+  enc_kwargs = _section(config, config.encoder)
+  if config.encoder == "sasrec":
+    enc_kwargs["max_len"] = config.max_len
+  try:
+    encoder = encoder_cls(num_items=num_items, **enc_kwargs)
+    head = head_cls(**_section(config, config.head))
+  except TypeError as e:
+    raise ConfigError(f"bad option in --config.{config.encoder} or --config.{config.head}: {e}")
+  return RetrievalModel(encoder=encoder, head=head)
+
+
+def num_negatives(config: ml_collections.ConfigDict) -> int:
+  n = config.num_negatives
+  return DEFAULT_NEGATIVES[config.loss] if n is None or n < 0 else int(n)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  t = config.train
+  lr: Any = t.learning_rate
+  if t.warmup_steps > 0:
+    lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+  parts = []
+  if t.grad_clip and t.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(t.grad_clip))
+  parts.append(optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=t.weight_decay))
+  return optax.chain(*parts)
+
+
+def init_state(config: ml_collections.ConfigDict, model: RetrievalModel, num_items: int,
+               rng: jax.Array, svd_factors: np.ndarray | None = None) -> TrainState:
+  dummy = jnp.ones((1, config.max_len), jnp.int32)
+  params = model.init({"params": rng, "dropout": rng}, dummy, dummy,
+                      jnp.ones((2,), jnp.int32))["params"]
+  if svd_factors is not None:
+    params = {**params, "encoder": encoders_lib.with_svd_factors(
+        {"params": params["encoder"]}, svd_factors)["params"]}
+  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+
+
+def svd_factors_for(config, seqs: data_lib.Sequences, split: data_lib.Split) -> np.ndarray:
+  """Item factors of a truncated SVD of the training interactions (train prefixes only)."""
+  users = np.repeat(np.arange(seqs.num_users), split.train_len)
+  starts = np.repeat(seqs.user_ptr[:-1], split.train_len)
+  offsets = np.arange(len(users)) - np.repeat(np.cumsum(split.train_len) - split.train_len,
+                                              split.train_len)
+  items = seqs.items[starts + offsets]
+  return encoders_lib.svd_item_factors(users, items, seqs.num_users, seqs.num_items,
+                                       config.svd.dim, seed=config.seed)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _aux_sum(variables: Any) -> jax.Array:
+  leaves = jax.tree.leaves(variables.get("aux_loss", {}))
+  return sum((jnp.sum(x) for x in leaves), jnp.zeros((), jnp.float32))
+
+
+def select_positions(rng: jax.Array, mask: jax.Array, targets: jax.Array, negatives: jax.Array,
+                     budget: float):
+  """Picks T = ceil(budget * B * L) positions to score: every real one when they fit, else a
+  uniform random subset of the real ones. Returns (positions (T,), targets (T,), mask (T,),
+  negatives (R,) or (T, R)). Padding is about half of ML-1M's positions at L=200, so a
+  budget of ~0.6 halves the head's cost (MoL's dominant one) without dropping real targets
+  in most batches.
+  """
+  flat_mask = mask.reshape(-1)
+  t = max(1, math.ceil(budget * flat_mask.shape[0]))
+  priority = (flat_mask > 0) + jax.random.uniform(rng, flat_mask.shape)  # real ones first
+  _, positions = jax.lax.top_k(priority, t)
+  sel_targets = targets.reshape(-1)[positions]
+  sel_mask = flat_mask[positions]
+  if negatives.ndim > 1:
+    negatives = negatives.reshape(-1, negatives.shape[-1])[positions]
+  return positions, sel_targets, sel_mask, negatives
+
+
+def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
+                    num_items: int) -> Callable:
+  """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`."""
+  loss_name = config.loss
+  loss_fn = losses_lib.LOSSES.get(loss_name)
+  r = num_negatives(config)
+  shared = bool(config.shared_negatives)
+  aux_weight = float(config.get("mol_aux_weight", 0.0))
+  budget = float(config.train.get("position_budget", 1.0))
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+    step_rng = jax.random.fold_in(rng, state.step)
+    neg_rng, dropout_rng, pos_rng = jax.random.split(step_rng, 3)
+    inputs, targets, mask = batch["inputs"], batch["targets"], batch["mask"]
+    if loss_name == "softmax":
+      negatives = jnp.arange(num_items + 1, dtype=jnp.int32)  # every item id, 0 masked below
+    elif shared:
+      negatives = data_lib.sample_negatives(neg_rng, (r,), num_items)
+    else:
+      negatives = data_lib.sample_negatives(neg_rng, targets.shape + (r,), num_items, targets)
+    batch_negatives = negatives
+
+    positions = None
+    if budget < 1.0:
+      positions, targets, mask, negatives = select_positions(
+          pos_rng, mask, targets, negatives, budget)
+
+    def loss(params):
+      (pos, neg), variables = model.apply(
+          {"params": params}, inputs, batch["targets"], batch_negatives, positions,
+          deterministic=False, rngs={"dropout": dropout_rng}, mutable=["aux_loss"])
+      if loss_name == "softmax":
+        loss_sum, weight = loss_fn(neg, targets, mask)
+      else:
+        valid = losses_lib.valid_negatives(targets, negatives)
+        loss_sum, weight = loss_fn(pos, neg, mask, valid)
+      main = loss_sum / jnp.maximum(weight, 1.0)
+      aux = _aux_sum(variables)
+      return main + aux_weight * aux, (main, aux, weight)
+
+    (total, (main, aux, weight)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": main, "aux_loss": aux, "total_loss": total,
+                   "positions": weight, "grad_norm": optax.tree.norm(grads)}
+
+  return train_step
+
+
+def make_eval_step(model: RetrievalModel, config: ml_collections.ConfigDict,
+                   num_items: int) -> Callable:
+  """Returns `eval_step(params, batch) -> {metric: weighted sum, 'weight': sum}`."""
+  ks = tuple(int(k) for k in config.eval.ks)
+  chunk = int(config.eval.chunk_size)
+  if max(ks) > num_items:
+    ks = tuple(k for k in ks if k <= num_items)
+    if not ks:
+      raise ConfigError(f"every cutoff in --config.eval.ks is larger than the {num_items} items")
+
+  def eval_step(params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    variables = {"params": params}
+    queries = model.apply(variables, batch["inputs"], method=RetrievalModel.last_query)
+
+    def score_fn(ids):
+      return model.apply(variables, queries, ids, method=RetrievalModel.score)
+
+    ranks = metrics_lib.chunked_ranks(score_fn, batch["targets"], num_items, batch["exclude"],
+                                      chunk_size=chunk)
+    per_example = metrics_lib.metrics_from_ranks(ranks, ks)
+    w = batch["weight"]
+    sums = {k: jnp.sum(jnp.where(w > 0, v, 0.0) * w) for k, v in per_example.items()}
+    sums["weight"] = jnp.sum(w)
+    return sums
+
+  return eval_step
+
+
+def evaluate(eval_step: Callable, params: Any, batches: data_lib.EvalBatches, mesh,
+             desc: str = "eval") -> dict[str, float]:
+  """Runs `eval_step` over every batch; returns metric means over the real examples."""
+  totals: dict[str, float] = {}
+  for batch in tqdm(batches, total=batches.num_batches, desc=desc, leave=False,
+                    disable=jax.process_index() != 0):
+    sums = jax.device_get(eval_step(params, sharding.shard_batch(batch, mesh)))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  weight = totals.pop("weight", 0.0)
+  return {k: v / weight for k, v in sorted(totals.items())} if weight else {}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Logger:
+  """metrics.jsonl and TensorBoard events in the workdir, written by process 0 only."""
+
+  def __init__(self, workdir: Path):
+    self.active = jax.process_index() == 0
+    self.path = workdir / "metrics.jsonl"
+    self.tb = None
+    if self.active:
+      try:
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      except ImportError:
+        self.tb = None
+
+  def write(self, record: dict[str, Any]) -> None:
+    if not self.active:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self.tb is not None:
+      for k, v in record.items():
+        if isinstance(v, float) and k not in ("wall_time",):
+          self.tb.add_scalar(f"{record.get('split', 'train')}/{k}", v, record["step"])
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _check_workdir(workdir: Path) -> None:
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".write_test"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable ({e.strerror}); pass another "
+                      f"--workdir") from None
+
+
+def load_data(config: ml_collections.ConfigDict):
+  seqs = data_lib.load_sequences(config.dataset, config.data_dir or None,
+                                 config.min_interactions)
+  split = data_lib.make_split(seqs, config.protocol)
+  return seqs, split
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       log: Callable[[str], None] = print) -> dict[str, float]:
+  """Trains with early stopping, resuming from `workdir` if it holds a checkpoint.
+
+  Writes `config.json`, `metrics.jsonl`, TensorBoard events, checkpoints and finally
+  `test_metrics.json` (the test split, evaluated from the best-validation checkpoint).
+  Returns the test metrics.
+  """
+  workdir = Path(workdir)
+  _check_workdir(workdir)
+  model = build_model(config, 1)  # validates names before any heavy work
+  mesh = sharding.make_mesh(config.train.num_devices or None)
+  sharding.check_divisible(config.train.batch_size, mesh, "--config.train.batch_size")
+  sharding.check_divisible(config.eval.batch_size, mesh, "--config.eval.batch_size")
+  if config.eval.metric.split("@")[0] not in ("hr", "ndcg", "recall", "mrr"):
+    raise ConfigError(f"unknown --config.eval.metric {config.eval.metric!r}; use e.g. ndcg@10")
+
+  seqs, split = load_data(config)
+  num_items = seqs.num_items
+  model = build_model(config, num_items)
+  train_batches = data_lib.TrainBatches(seqs, split, config.max_len, config.train.batch_size)
+  valid_batches = data_lib.EvalBatches(
+      seqs, split.valid, config.max_len, config.eval.batch_size, config.eval.exclude_history,
+      max_examples=config.eval.max_valid_examples or None, seed=config.seed)
+  test_batches = data_lib.EvalBatches(seqs, split.test, config.max_len, config.eval.batch_size,
+                                      config.eval.exclude_history)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+  log(f"{config.dataset}: {seqs.num_users} users, {num_items} items, "
+      f"{train_batches.num_examples} training sequences, {len(valid_batches)} valid / "
+      f"{len(test_batches)} test examples; {mesh.devices.size} device(s)")
+
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  svd = svd_factors_for(config, seqs, split) if config.encoder == "svd" else None
+  state = init_state(config, model, num_items, init_rng, svd)
+  state = sharding.replicate(state, mesh)
+
+  ckpt = Checkpointer(workdir)
+  meta = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_evals": 0, "finished": False,
+          "train_time": 0.0}
+  restored = ckpt.restore("latest", {"params": state.params, "opt_state": state.opt_state,
+                                     "step": state.step})
+  if restored is not None:
+    tree, meta = restored
+    state = state.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+    state = sharding.replicate(state, mesh)
+    log(f"resumed from {workdir}/checkpoints/latest at epoch {meta['epoch']} "
+        f"(step {int(state.step)})")
+
+  train_step = jax.jit(make_train_step(model, config, num_items), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model, config, num_items))
+  logger = _Logger(workdir)
+  metric = config.eval.metric
+  t_start = time.time() - meta["train_time"]
+
+  epoch_bar = tqdm(range(meta["epoch"], config.train.epochs), desc="epochs",
+                   initial=meta["epoch"], total=config.train.epochs,
+                   disable=jax.process_index() != 0 or meta["finished"])
+  for epoch in epoch_bar:
+    if meta["finished"]:
+      break
+    step_losses = []
+    for batch in tqdm(train_batches.epoch(config.seed, epoch), total=train_batches.steps_per_epoch,
+                      desc=f"epoch {epoch + 1}", leave=False, disable=jax.process_index() != 0):
+      state, m = train_step(state, sharding.shard_batch(batch, mesh), step_rng)
+      step_losses.append(m["total_loss"])
+    losses = np.asarray(jax.device_get(step_losses))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      bad_step = int(state.step) - len(losses) + int(bad[0]) + 1
+      raise TrainingError(
+          f"non-finite loss ({losses[bad[0]]}) at step {bad_step} (epoch {epoch + 1}); the last "
+          f"good checkpoint is kept in {workdir}/checkpoints; lower --config.train.learning_rate "
+          f"or enable --config.train.grad_clip")
+    record = {"step": int(state.step), "epoch": epoch + 1, "split": "train",
+              "loss": float(losses.mean()), "wall_time": time.time() - t_start}
+    meta["epoch"] = epoch + 1
+    last = epoch + 1 == config.train.epochs
+    if (epoch + 1) % config.eval.every_epochs == 0 or last:
+      logger.write(record)
+      valid = evaluate(eval_step, state.params, valid_batches, mesh, "valid")
+      value = valid[metric]
+      logger.write({"step": int(state.step), "epoch": epoch + 1, "split": "valid", **valid,
+                    "wall_time": time.time() - t_start})
+      epoch_bar.set_postfix(loss=f"{record['loss']:.4f}", **{metric: f"{value:.4f}"})
+      if value > meta["best"]:
+        meta.update(best=value, best_epoch=epoch + 1, bad_evals=0)
+        ckpt.save("best", int(state.step), {"params": state.params}, dict(meta))
+      else:
+        meta["bad_evals"] += 1
+      if config.eval.patience and meta["bad_evals"] >= config.eval.patience:
+        meta["finished"] = True
+        log(f"early stop after epoch {epoch + 1}: best {metric} {meta['best']:.4f} at epoch "
+            f"{meta['best_epoch']}")
+    else:
+      logger.write(record)
+    meta["finished"] = meta["finished"] or last
+    meta["train_time"] = time.time() - t_start
+    ckpt.save("latest", int(state.step), {"params": state.params, "opt_state": state.opt_state,
+                                         "step": state.step}, dict(meta))
+  epoch_bar.close()
+
+  best = ckpt.restore("best", {"params": state.params})
+  params = sharding.replicate(best[0]["params"], mesh) if best else state.params
+  test = evaluate(eval_step, params, test_batches, mesh, "test")
+  result = {**test, "best_epoch": meta["best_epoch"], "epochs": meta["epoch"],
+            f"valid_{metric}": meta["best"], "train_time": meta["train_time"]}
+  if jax.process_index() == 0:
+    logger.write({"step": int(state.step), "epoch": meta["epoch"], "split": "test", **test,
+                  "wall_time": time.time() - t_start})
+    tmp = workdir / "test_metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(workdir / "test_metrics.json")
+  logger.close()
+  ckpt.close()
+  return result

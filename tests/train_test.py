@@ -1,0 +1,215 @@
+"""Training: every (encoder, head, loss) learns; the loop checkpoints, resumes and re-evaluates."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import default
+from jaxret import data as data_lib
+from jaxret import sharding, train
+from jaxret.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_ml(folder: Path, num_users=48, num_items=30, length=14, seed=0) -> Path:
+  """A learnable ML-1M-format file: each user walks a cycle of items with small noise."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for u in range(1, num_users + 1):
+    start, stride = rng.integers(1, num_items + 1), rng.choice([1, 2])
+    for t in range(length):
+      item = (start + stride * t - 1) % num_items + 1
+      if rng.random() < 0.1:
+        item = rng.integers(1, num_items + 1)
+      lines.append(f"{u}::{item}::4::{1000 + 10 * t}")
+  path = folder / "ml-1m" / "ratings.dat"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("\n".join(lines) + "\n")
+  return folder
+
+
+def tiny_config(data_dir: Path, **overrides):
+  c = default.get_config()
+  c.dataset, c.data_dir, c.min_interactions, c.max_len = "ml-1m", str(data_dir), 0, 8
+  c.sasrec.dim, c.sasrec.num_blocks, c.svd.dim = 16, 1, 8
+  c.mlp.hidden = (16,)
+  c.fm.factor_dim = c.neural_fm.factor_dim = 8
+  c.neural_fm.hidden = (8,)
+  c.mol.update(num_query_components=2, num_item_components=2, component_dim=8, gating_hidden=8,
+               item_dropout=0.1)
+  c.sasrec.dropout = c.mlp.dropout = c.fm.dropout = c.neural_fm.dropout = 0.0
+  c.mol.softmax_dropout = 0.0  # dropout noise hides learning on 16 sequences
+  c.num_negatives = 8
+  c.train.batch_size, c.eval.batch_size = 16, 16
+  c.train.learning_rate = 1e-2
+  c.eval.ks = (1, 5, 10)
+  c.eval.chunk_size = 16
+  c.train.epochs = 4
+  c.eval.patience = 0
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  return write_tiny_ml(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "svd"])
+@pytest.mark.parametrize("head", ["dot", "mlp", "fm", "neural_fm", "mol"])
+@pytest.mark.parametrize("loss", ["bce", "ss"])
+def test_every_combination_learns(tiny_dir, encoder, head, loss):
+  config = tiny_config(tiny_dir, encoder=encoder, head=head, loss=loss)
+  if encoder == "svd":
+    config.svd.trainable = True  # a frozen SVD with a dot head has nothing to learn
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  svd = train.svd_factors_for(config, seqs, split) if encoder == "svd" else None
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0), svd)
+  batch = next(data_lib.TrainBatches(seqs, split, config.max_len, 16).epoch(0, 0))
+  step = jax.jit(train.make_train_step(model, config, seqs.num_items))
+  rng = jax.random.key(1)
+  losses = []
+  for _ in range(30):
+    state, m = step(state, batch, rng)
+    losses.append(float(m["loss"]))
+  assert np.isfinite(losses).all()
+  assert np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5]), losses
+
+
+def test_full_softmax_loss_learns(tiny_dir):
+  config = tiny_config(tiny_dir, loss="softmax", head="dot")
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+  batch = next(data_lib.TrainBatches(seqs, split, config.max_len, 16).epoch(0, 0))
+  step = jax.jit(train.make_train_step(model, config, seqs.num_items))
+  first = last = None
+  for i in range(10):
+    state, m = step(state, batch, jax.random.key(1))
+    first = float(m["loss"]) if i == 0 else first
+    last = float(m["loss"])
+  assert last < first
+
+
+def test_train_step_compiles_once(tiny_dir):
+  config = tiny_config(tiny_dir, head="mol")
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  mesh = sharding.make_mesh(1)
+  state = sharding.replicate(train.init_state(config, model, seqs.num_items,
+                                              jax.random.key(0)), mesh)
+  step = jax.jit(train.make_train_step(model, config, seqs.num_items), donate_argnums=0)
+  batches = data_lib.TrainBatches(seqs, split, config.max_len, 16)
+  for epoch in range(2):
+    for batch in batches.epoch(0, epoch):
+      state, _ = step(state, sharding.shard_batch(batch, mesh), jax.random.key(0))
+  assert step._cache_size() == 1
+
+
+def test_unknown_names_fail_fast(tiny_dir):
+  for field, valid in (("encoder", "sasrec, svd"), ("head", "dot, fm, mlp, mol, neural_fm"),
+                       ("loss", "bce, softmax, ss")):
+    config = tiny_config(tiny_dir, **{field: "nope"})
+    with pytest.raises(ConfigError, match=f"unknown .*'nope'; valid names: {valid}"):
+      train.build_model(config, 10)
+
+
+def run_cli(*args, timeout=300):
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+                        env=env, timeout=timeout)
+
+
+def cli_args(tiny_dir, workdir, epochs=12):
+  return ["experiments.run", "--dataset=ml-1m", f"--data_dir={tiny_dir}", "--min_interactions=0",
+          f"--workdir={workdir}", f"--epochs={epochs}", "--config.max_len=8",
+          "--config.sasrec.dim=16", "--config.mol.num_query_components=2",
+          "--config.mol.num_item_components=2", "--config.mol.component_dim=8",
+          "--config.mol.gating_hidden=8", "--config.num_negatives=8",
+          "--config.train.batch_size=16", "--config.eval.batch_size=16",
+          "--config.eval.ks=(1,5,10)", "--config.eval.patience=0"]
+
+
+def test_run_resume_after_kill_and_evaluate(tiny_dir, tmp_path):
+  """A run killed with SIGKILL and restarted ends with the uninterrupted run's metrics."""
+  ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+  r = run_cli(*cli_args(tiny_dir, ref_dir))
+  assert r.returncode == 0, r.stderr[-2000:]
+  reference = json.loads((ref_dir / "test_metrics.json").read_text())
+  assert len((ref_dir / "metrics.jsonl").read_text().splitlines()) == 12 * 2 + 1
+
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.Popen([sys.executable, "-m", *cli_args(tiny_dir, killed_dir)], cwd=REPO,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  latest = killed_dir / "checkpoints" / "latest"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (latest.is_dir() and any(
+      p.name.isdigit() and int(p.name) >= 6 for p in latest.iterdir())):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed_dir / "test_metrics.json").exists(), "the run finished before the kill"
+  r = run_cli(*cli_args(tiny_dir, killed_dir))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "resumed from" in r.stdout + r.stderr
+  resumed = json.loads((killed_dir / "test_metrics.json").read_text())
+  for k, v in reference.items():
+    if k != "train_time":
+      assert resumed[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+
+  # evaluate reproduces test_metrics.json exactly from the checkpoint.
+  r = run_cli("experiments.evaluate", f"--workdir={ref_dir}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  again = json.loads((ref_dir / "test_metrics_eval.json").read_text())
+  assert again and all(again[k] == reference[k] for k in again)
+
+
+def test_cli_errors_are_one_line(tiny_dir, tmp_path):
+  for extra, match in ((["--head=nope"], "unknown head 'nope'; valid names"),
+                       (["--config.train.batch_size=nope"], "config.train.batch_size"),
+                       (["--config.train.num_devices=1", "--config.train.batch_size=16",
+                         "--dataset=ml-20m"], "not found")):
+    r = run_cli(*cli_args(tiny_dir, tmp_path / "w"), *extra)
+    assert r.returncode == 2, (extra, r.stderr[-1000:])
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and match in lines[0], r.stderr[-1000:]
+
+
+def test_position_budget_keeps_every_real_position_when_they_fit(tiny_dir):
+  """Scoring only a budget of positions gives the exact loss if all real ones fit in it."""
+  losses = {}
+  for budget in (1.0, 0.6):
+    config = tiny_config(tiny_dir, head="mol", max_len=20, **{"train.position_budget": budget,
+                                                             "mol.item_dropout": 0.0})
+    seqs, split = train.load_data(config)
+    model = train.build_model(config, seqs.num_items)
+    state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+    batch = next(data_lib.TrainBatches(seqs, split, config.max_len, 16).epoch(0, 0))
+    assert batch["mask"].mean() <= 0.6  # 11 real positions of 20 per row
+    _, m = jax.jit(train.make_train_step(model, config, seqs.num_items))(
+        state, batch, jax.random.key(3))
+    losses[budget] = (float(m["loss"]), float(m["positions"]))
+  assert losses[1.0][1] == losses[0.6][1] == batch["mask"].sum()
+  assert losses[0.6][0] == pytest.approx(losses[1.0][0], rel=1e-5)
+  # A budget below the real positions scores a random subset of them.
+  config = tiny_config(tiny_dir, head="dot", max_len=20, **{"train.position_budget": 0.25})
+  model = train.build_model(config, seqs.num_items)
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+  _, m = jax.jit(train.make_train_step(model, config, seqs.num_items))(
+      state, batch, jax.random.key(3))
+  assert float(m["positions"]) == 16 * 20 * 0.25
