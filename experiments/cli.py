@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxret.errors import JaxretError
 
@@ -22,6 +22,7 @@ def run_main(main: Callable[[list[str]], None]) -> None:
   """absl `app.run`, with user errors printed as one line and exit status 2."""
 
   def wrapped(argv: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     try:
       main(argv)
     except JaxretError as e:
