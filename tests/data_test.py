@@ -341,3 +341,24 @@ needs_real = pytest.mark.skipif(
 def test_real_dataset_counts(name, expected):
   st = data.stats(data.load_sequences(name, REAL, 0))
   assert (st["users"], st["items"], st["interactions"]) == expected
+
+
+def test_download_from_a_local_mirror(tmp_path, monkeypatch):
+  """The download path end to end (file:// URL): fetch, md5 check, extract, then load."""
+  import hashlib
+  import zipfile
+  archive = tmp_path / "mirror" / "ml-1m.zip"
+  archive.parent.mkdir()
+  with zipfile.ZipFile(archive, "w") as zf:
+    zf.writestr("ml-1m/ratings.dat", ml_text())
+  md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+  spec = sources.DATASETS["ml-1m"]
+  good = sources.Download(archive.as_uri(), md5, "ml-1m/ratings.dat", "ratings.dat")
+  monkeypatch.setitem(sources.DATASETS, "ml-1m", sources.DatasetSpec("ml-1m", spec.files, good))
+  path = data.download("ml-1m", str(tmp_path / "data"), str(tmp_path / "cache"), progress=False)
+  assert path == tmp_path / "data" / "ml-1m" / "ratings.dat"
+  assert data.load_sequences("ml-1m", str(tmp_path / "data"), 0, cache=False).num_interactions == 7
+  bad = sources.Download(archive.as_uri(), "0" * 32, "ml-1m/ratings.dat", "ratings.dat")
+  monkeypatch.setitem(sources.DATASETS, "ml-1m", sources.DatasetSpec("ml-1m", spec.files, bad))
+  with pytest.raises(DataError, match="md5 .* != expected 0000"):
+    data.download("ml-1m", str(tmp_path / "data2"), str(tmp_path / "cache2"), progress=False)
