@@ -1,0 +1,142 @@
+"""Training-step benchmark: compile time, step time, throughput, memory, recompilations.
+
+  python scripts/bench_train.py [--out=results/bench_train.json] [--heads=dot,mlp,fm,neural_fm,mol]
+      [--losses=bce,ss] [--dtypes=float32] [--steps=10] [--batch_size=128]
+
+Each (encoder, head, loss, dtype) runs in its own subprocess (so peak RSS is its own) on the
+real `ml-1m-half` shapes (set JAXRET_DATA_DIR). Prints ratios measured in the same run:
+each head's step time over the dot head's, and bf16 over fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def measure(args: argparse.Namespace) -> dict:
+  """Runs in the child process: one configuration, one JSON record on stdout."""
+  sys.path.insert(0, str(REPO))
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from experiments.configs import default
+  from jaxret import data as data_lib
+  from jaxret import sharding, train
+
+  c = default.get_config()
+  c.dataset, c.encoder, c.head, c.loss = args.dataset, args.encoder, args.head, args.loss
+  c.train.batch_size = args.batch_size
+  c.train.position_budget = args.position_budget
+  if args.dtype == "bfloat16":  # bf16 compute, fp32 master weights (params stay fp32)
+    for section in (c.encoder, c.head):
+      c[section]["dtype"] = jnp.bfloat16
+  seqs, split = train.load_data(c)
+  model = train.build_model(c, seqs.num_items)
+  mesh = sharding.make_mesh(1)
+  svd = train.svd_factors_for(c, seqs, split) if c.encoder == "svd" else None
+  state = sharding.replicate(train.init_state(c, model, seqs.num_items, jax.random.key(0), svd),
+                             mesh)
+  step = jax.jit(train.make_train_step(model, c, seqs.num_items), donate_argnums=0)
+  batches = data_lib.TrainBatches(seqs, split, c.max_len, c.train.batch_size)
+  it = batches.epoch(0, 0)
+  rng = jax.random.key(1)
+  t0 = time.perf_counter()
+  state, m = step(state, sharding.shard_batch(next(it), mesh), rng)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  times, positions = [], []
+  for i in range(args.warmup + args.steps):
+    batch = next(it, None)
+    if batch is None:
+      it = batches.epoch(0, 1)
+      batch = next(it)
+    t = time.perf_counter()
+    state, m = step(state, sharding.shard_batch(batch, mesh), rng)
+    jax.block_until_ready(m)
+    if i >= args.warmup:
+      times.append(time.perf_counter() - t)
+      positions.append(float(m["positions"]))
+  step_s = statistics.median(times)
+  return {
+      "encoder": c.encoder, "head": c.head, "loss": c.loss, "dtype": args.dtype,
+      "batch": c.train.batch_size, "position_budget": c.train.position_budget,
+      "num_negatives": train.num_negatives(c),
+      "step_ms": 1000 * step_s, "compile_s": compile_s,
+      "positions_per_s": statistics.mean(positions) / step_s,
+      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "compiles_after_first": step._cache_size() - 1,
+      "steps_timed": len(times),
+  }
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", default="results/bench_train.json")
+  p.add_argument("--dataset", default="ml-1m-half")
+  p.add_argument("--encoder", default="sasrec")
+  p.add_argument("--heads", default="dot,mlp,fm,neural_fm,mol")
+  p.add_argument("--losses", default="bce,ss")
+  p.add_argument("--dtypes", default="float32")
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--position_budget", type=float, default=1.0)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--head", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--loss", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child:
+    print("RESULT " + json.dumps(measure(args)), flush=True)
+    return
+
+  records = []
+  for dtype in args.dtypes.split(","):
+    for loss in args.losses.split(","):
+      for head in args.heads.split(","):
+        cmd = [sys.executable, __file__, "--child", f"--head={head}", f"--loss={loss}",
+               f"--dtype={dtype}", f"--dataset={args.dataset}", f"--encoder={args.encoder}",
+               f"--batch_size={args.batch_size}", f"--position_budget={args.position_budget}",
+               f"--steps={args.steps}", f"--warmup={args.warmup}"]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")})
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+        if r.returncode or not line:
+          print(f"{head}/{loss}/{dtype} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+          continue
+        rec = json.loads(line[0][len("RESULT "):])
+        records.append(rec)
+        print(f"{args.encoder:6s} {head:9s} {loss:4s} {dtype:8s} step {rec['step_ms']:8.1f} ms  "
+              f"compile {rec['compile_s']:5.1f} s  {rec['positions_per_s']:9.0f} pos/s  "
+              f"rss {rec['peak_rss_mb']:6.0f} MB  recompiles {rec['compiles_after_first']}",
+              flush=True)
+  by = {(r["head"], r["loss"], r["dtype"]): r for r in records}
+  for (head, loss, dtype), r in sorted(by.items()):
+    dot = by.get(("dot", loss, dtype))
+    if dot and head != "dot":
+      r["step_ratio_vs_dot"] = r["step_ms"] / dot["step_ms"]
+      print(f"ratio {head}/dot ({loss}, {dtype}): {r['step_ratio_vs_dot']:.2f}x")
+    fp32 = by.get((head, loss, "float32"))
+    if fp32 and dtype == "bfloat16":
+      r["step_ratio_vs_fp32"] = r["step_ms"] / fp32["step_ms"]
+      print(f"ratio bf16/fp32 ({head}, {loss}): {r['step_ratio_vs_fp32']:.2f}x")
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
+  out.write_text(json.dumps([{**r, "machine": machine} for r in records], indent=2))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()
