@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Fraction of the B*L positions whose targets are scored per step: real (non-padding)
   # positions first, a random subset of them if they don't fit. 1.0 = all (exact).
   c.train.position_budget = 1.0
+  # Score the selected positions this many at a time (lax.map + jax.checkpoint; 0 = all at
+  # once). Keeps the head's (chunk, R, ...) intermediates small; 64 speeds MoL up on CPU.
+  c.train.score_chunk = 0
 
   # Evaluation and early stopping.
   c.eval = ml_collections.ConfigDict()
