@@ -4,6 +4,10 @@
   python -m experiments.run --dataset=ml-1m --encoder=sasrec --head=mol --loss=ss \
       --protocol=loo --workdir=/tmp/run1 --seed=0 [--epochs=N] [--data_dir=DIR] \
       [--config.train.batch_size=64 ...]
+
+Several hosts: the same command on each, plus --coordinator_address=HOST0:PORT
+--num_processes=N --process_id=I (I = 0..N-1; or JAX_COORDINATOR_ADDRESS and a cluster
+environment JAX detects, e.g. SLURM).
 """
 import json
 from pathlib import Path
@@ -12,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from jaxret import train
+from jaxret import distributed, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(Path(__file__).resolve().parent / "configs" / "default.py"), "Configuration file (fields overridable).",
@@ -28,6 +32,10 @@ flags.DEFINE_string("protocol", None, "Evaluation protocol: loo, ratio.")
 flags.DEFINE_integer("seed", None, "Random seed.")
 flags.DEFINE_integer("epochs", None, "Maximum number of epochs.")
 flags.DEFINE_integer("min_interactions", None, "k-core threshold (0 = off).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0's "
+                    "coordinator (default $JAX_COORDINATOR_ADDRESS); unset = one process.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
 FLAGS = flags.FLAGS
 
 _SHORTCUTS = {"dataset": "dataset", "data_dir": "data_dir", "encoder": "encoder",
@@ -49,6 +57,7 @@ def resolve_config():
 
 def main(argv):
   del argv
+  distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   config = resolve_config()
   workdir = FLAGS.workdir or (f"workdirs/{config.dataset}-{config.encoder}-{config.head}-"
                               f"{config.loss}-{config.protocol}-s{config.seed}")
