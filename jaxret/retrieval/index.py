@@ -1,0 +1,574 @@
+"""Two-stage MoL retrieval index: stage-1 candidates by dot product, stage-2 MoL re-scoring.
+
+Build once (from arrays, or from a trained `RetrievalModel` and its params), then::
+
+  index = MoLIndex.from_model(model, params, quantization="int8")
+  ids, scores = index.retrieve(queries, k=100, k_prime=2000, generator="avg")
+  ref_ids, ref_scores = index.exact_mol_topk(queries, k=100)     # brute-force reference
+
+Stage-1 generators (`generator=`):
+  * 'hindexer': dot product of dedicated low-dim embeddings (`HIndexer`), trained jointly
+    (`HIndexedRetrievalModel`) or distilled post hoc (`MoLIndex.fit_hindexer`).
+  * 'avg': dot product of the mean query MoL component with the mean item MoL component.
+  * 'per_component': for each of the P = P_Q' * P_X (query component, item component)
+    pairs, the top ceil(k'/P) items by `<f_a(q), g_b(x)>` (or `per_pair_k`); the P lists are
+    concatenated (fixed shape P * m) and duplicates masked with -inf before stage 2.
+    Always scanned blockwise (its (B * P, N) score matrix is P times the others').
+Stage 2 gathers the candidates' precomputed MoL item sides `(B, k', P_X, d)` and gates
+`(B, k', P)`, scores them with `MoLHead.score_sides` (fp32 or bf16) and takes the top k.
+
+Item rows are 0..N-1; `item_ids[row]` is the id returned (1..N for a trained model, where
+id 0 is padding). Missing results (fewer than k distinct candidates) have id -1 and score
+-inf. Hashed user-id MoL components are not supported (queries are vectors only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxret.models.heads import MoLHead, MoLItemSide, MoLQuerySide
+from jaxret.retrieval import topk as topk_lib
+from jaxret.retrieval.hindexer import HIndexer, fit_hindexer
+from jaxret.retrieval.quantization import QUANTIZATIONS, QuantizedTable, quantize
+
+Array = jax.Array
+
+GENERATORS = ("hindexer", "avg", "per_component")
+MOL_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+# Floats of one block of stage-1 scores in the blockwise scans (rows * block).
+_BLOCK_ELEMS = 1 << 22
+
+
+@flax.struct.dataclass
+class IndexArrays:
+  """Every array of an index (a pytree; passed to the jitted functions as an argument).
+
+  item_ids: (N,) int32 id of each row.
+  item_components: (N, P_X, d) MoL item components (l2-normalised), float32.
+  item_gate: (N, P) MoL item-only gating logits, or None without gating.
+  head_params: the MoLHead's params.
+  avg_table: QuantizedTable (N, d), mean item component.
+  component_table: QuantizedTable (N * P_X, d), the item components one per row.
+  hindexer_items: (N, h) float32 stage-1 item embeddings, or None.
+  hindexer_table: QuantizedTable (N, h), or None.
+  hindexer_params: the HIndexer's params, or None.
+  """
+  item_ids: Array
+  item_components: Array
+  item_gate: Array | None
+  head_params: Any
+  avg_table: QuantizedTable
+  component_table: QuantizedTable
+  hindexer_items: Array | None
+  hindexer_table: QuantizedTable | None
+  hindexer_params: Any
+
+
+def _module_config(module) -> dict[str, Any]:
+  cfg = {}
+  for f in dataclasses.fields(module):
+    if f.name in ("parent", "name"):
+      continue
+    v = getattr(module, f.name)
+    cfg[f.name] = jnp.dtype(v).name if f.name == "dtype" else v
+  return cfg
+
+
+def _query_dim(head_params) -> int:
+  for name in ("query_gate_proj", "query_out_proj"):
+    if name in head_params:
+      return int(head_params[name]["kernel"].shape[0])
+  raise ValueError("head params lack query_out_proj: not the params of a MoLHead")
+
+
+def _dedupe_mask(rows: Array) -> Array:
+  """(B, S) int rows -> (B, S) bool, True at the first occurrence of each row."""
+  order = jnp.argsort(rows, axis=-1)
+  srt = jnp.take_along_axis(rows, order, axis=-1)
+  first = jnp.concatenate([jnp.ones_like(srt[:, :1], bool), srt[:, 1:] != srt[:, :-1]], -1)
+  inverse = jnp.argsort(order, axis=-1)
+  return jnp.take_along_axis(first, inverse, axis=-1)
+
+
+def _block_for(rows: int, n: int) -> int:
+  """Items per blockwise step so that one block holds about _BLOCK_ELEMS scores."""
+  return int(max(128, min(n, _BLOCK_ELEMS // max(rows, 1))))
+
+
+class MoLIndex:
+  """A two-stage MoL retrieval index (see the module docstring).
+
+  Attributes:
+    head: the MoLHead (module config; params live in `arrays`).
+    hindexer: the HIndexer towers, or None.
+    arrays: IndexArrays.
+    quantization: stage-1 table format, 'fp32', 'bf16' or 'int8'.
+    mol_dtype: stage-2 computation dtype, 'fp32' or 'bf16'.
+    backend: stage-1 top-k backend, 'exact', 'approx' or 'blockwise' (default:
+      `topk.best_backend()` for the platform).
+    recall_target: of the 'approx' backend.
+  """
+
+  def __init__(self, head: MoLHead, arrays: IndexArrays, hindexer: HIndexer | None = None,
+               quantization: str = "fp32", mol_dtype: str = "fp32",
+               backend: str | None = None, recall_target: float = 0.95):
+    if head.uses_user_components:
+      raise ValueError("MoLIndex does not support hashed user-id MoL components")
+    if mol_dtype not in MOL_DTYPES:
+      raise ValueError(f"unknown mol_dtype {mol_dtype!r}; valid: {', '.join(MOL_DTYPES)}")
+    backend = backend or topk_lib.best_backend()
+    if backend not in topk_lib.BACKENDS:
+      raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(topk_lib.BACKENDS)}")
+    self.head = head
+    self.hindexer = hindexer
+    self.arrays = arrays
+    self.quantization = quantization
+    self.mol_dtype = mol_dtype
+    self.backend = backend
+    self.recall_target = recall_target
+    self.query_dim = _query_dim(arrays.head_params)
+    self._stage2_head = head.clone(dtype=MOL_DTYPES[mol_dtype], parent=None)
+    self._fns: dict[tuple, Callable] = {}
+
+  # ------------------------------------------------------------------------- building
+
+  @classmethod
+  def from_arrays(cls, head: MoLHead, head_params, item_vectors: Array | np.ndarray, *,
+                  item_ids: Array | np.ndarray | None = None,
+                  hindexer: HIndexer | None = None, hindexer_params=None,
+                  quantization: str = "fp32", chunk: int = 8192, **kwargs) -> "MoLIndex":
+    """Builds an index over item vectors.
+
+    Args:
+      head: a MoLHead; head_params: its params.
+      item_vectors: (N, D_I) float item embeddings (the head's item input).
+      item_ids: (N,) int ids returned for each row (default 0..N-1).
+      hindexer, hindexer_params: optional stage-1 towers and their params.
+      quantization: stage-1 table format.
+      chunk: items per item-side computation.
+      **kwargs: mol_dtype, backend, recall_target.
+
+    Returns:
+      MoLIndex.
+    """
+    items = np.asarray(item_vectors)
+    if items.ndim != 2 or not np.issubdtype(items.dtype, np.floating):
+      raise ValueError(f"item_vectors must be float (N, D_I), got {items.dtype} {items.shape}")
+    n = items.shape[0]
+    ids = np.arange(n, dtype=np.int32) if item_ids is None else np.asarray(item_ids, np.int32)
+    if ids.shape != (n,):
+      raise ValueError(f"item_ids must be ({n},), got shape {ids.shape}")
+    side_fn = jax.jit(lambda p, x: head.apply({"params": p}, x, method=MoLHead.item_side))
+    comps, gates = [], []
+    for s in range(0, n, chunk):
+      side = side_fn(head_params, jnp.asarray(items[s:s + chunk], jnp.float32))
+      comps.append(np.asarray(side.components, np.float32))
+      gates.append(None if side.gate is None else np.asarray(side.gate, np.float32))
+    components = jnp.asarray(np.concatenate(comps))
+    gate = None if gates[0] is None else jnp.asarray(np.concatenate(gates))
+    h_items = None
+    if hindexer is not None:
+      if hindexer_params is None:
+        raise ValueError("hindexer given without hindexer_params")
+      emb_fn = jax.jit(lambda p, x: hindexer.apply({"params": p}, x,
+                                                  method=HIndexer.embed_items))
+      h_items = jnp.asarray(np.concatenate(
+          [np.asarray(emb_fn(hindexer_params, jnp.asarray(items[s:s + chunk], jnp.float32)))
+           for s in range(0, n, chunk)]))
+    arrays = _make_arrays(jnp.asarray(ids), components, gate, head_params, h_items,
+                          hindexer_params, quantization)
+    return cls(head, arrays, hindexer, quantization, **kwargs)
+
+  @classmethod
+  def from_model(cls, model, params, **kwargs) -> "MoLIndex":
+    """Builds an index over every item (ids 1..N) of a trained `RetrievalModel`.
+
+    The model's head must be a MoLHead. With an `HIndexedRetrievalModel` the jointly
+    trained towers (params['hindexer']) become the 'hindexer' generator.
+    """
+    if not isinstance(model.head, MoLHead):
+      raise ValueError(f"MoLIndex needs a MoL head, got {type(model.head).__name__}")
+    num_items = int(model.encoder.num_items)
+    ids = jnp.arange(1, num_items + 1, dtype=jnp.int32)
+    vectors = model.apply({"params": params}, ids,
+                          method=lambda m, i: m.encoder.embed_items(i))
+    hindexer = getattr(model, "hindexer", None)
+    if hindexer is not None:
+      kwargs.setdefault("hindexer", hindexer)
+      kwargs.setdefault("hindexer_params", params["hindexer"])
+    return cls.from_arrays(model.head, params["head"], vectors, item_ids=ids, **kwargs)
+
+  def with_options(self, quantization: str | None = None, **kwargs) -> "MoLIndex":
+    """A copy with another stage-1 quantization / mol_dtype / backend / recall_target."""
+    a = self.arrays
+    q = quantization or self.quantization
+    arrays = a if q == self.quantization else _make_arrays(
+        a.item_ids, a.item_components, a.item_gate, a.head_params, a.hindexer_items,
+        a.hindexer_params, q)
+    opts = dict(mol_dtype=self.mol_dtype, backend=self.backend,
+                recall_target=self.recall_target)
+    opts.update(kwargs)
+    return MoLIndex(self.head, arrays, self.hindexer, q, **opts)
+
+  def with_hindexer(self, hindexer: HIndexer, hindexer_params,
+                    item_vectors: Array | np.ndarray, chunk: int = 8192) -> "MoLIndex":
+    """A copy whose 'hindexer' generator uses the given towers over (N, D_I) item vectors."""
+    items = np.asarray(item_vectors, np.float32)
+    emb_fn = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_items))
+    h_items = jnp.asarray(np.concatenate(
+        [np.asarray(emb_fn(hindexer_params, jnp.asarray(items[s:s + chunk])))
+         for s in range(0, items.shape[0], chunk)]))
+    a = self.arrays
+    arrays = _make_arrays(a.item_ids, a.item_components, a.item_gate, a.head_params,
+                          h_items, hindexer_params, self.quantization)
+    return MoLIndex(self.head, arrays, hindexer, self.quantization, mol_dtype=self.mol_dtype,
+                    backend=self.backend, recall_target=self.recall_target)
+
+  def fit_hindexer(self, query_vectors: Array | np.ndarray, item_vectors: Array | np.ndarray,
+                   hindexer: HIndexer | None = None, teacher_k: int = 64,
+                   teacher_k_prime: int | None = None, **fit_kwargs) -> "MoLIndex":
+    """Distils stage-1 towers from this index's MoL and returns an index that uses them.
+
+    Teacher lists are each training query's top `teacher_k` MoL items: exact when
+    `teacher_k_prime` is None, else a two-stage 'avg' retrieve with that k' (cheaper).
+
+    Args:
+      query_vectors: (M, D_Q) training queries.
+      item_vectors: (N, D_I) the vectors this index was built from.
+      hindexer: towers to train (default HIndexer(dim=32)).
+      teacher_k: teacher list length.
+      teacher_k_prime: see above.
+      **fit_kwargs: forwarded to `hindexer.fit_hindexer` (steps, batch_size, ...).
+    """
+    hindexer = hindexer or HIndexer(dim=32)
+    q = np.asarray(query_vectors, np.float32)
+    rows = []
+    for s in range(0, q.shape[0], 256):
+      qb = q[s:s + 256]
+      if teacher_k_prime is None:
+        r = self._exact_rows(qb, teacher_k)
+      else:
+        r = self._two_stage_rows(qb, teacher_k, teacher_k_prime, "avg")
+      rows.append(np.asarray(r))
+    teacher = np.concatenate(rows)
+    params = fit_hindexer(hindexer, q, item_vectors, self.mol_scores_fn(), teacher,
+                          **fit_kwargs)
+    return self.with_hindexer(hindexer, params, item_vectors)
+
+  # ------------------------------------------------------------------------- properties
+
+  @property
+  def num_items(self) -> int:
+    return int(self.arrays.item_ids.shape[0])
+
+  @property
+  def generators(self) -> tuple[str, ...]:
+    """The stage-1 generators this index can run."""
+    has_h = self.arrays.hindexer_table is not None
+    return tuple(g for g in GENERATORS if g != "hindexer" or has_h)
+
+  # ------------------------------------------------------------------------- validation
+
+  def _check_queries(self, queries) -> Array:
+    q = jnp.asarray(queries)
+    if q.ndim != 2 or q.shape[-1] != self.query_dim:
+      raise ValueError(f"queries must be (B, {self.query_dim}), got shape {tuple(q.shape)}")
+    if not jnp.issubdtype(q.dtype, jnp.floating):
+      raise ValueError(f"queries must be float, got {q.dtype}")
+    return q.astype(jnp.float32)
+
+  def _check_k(self, k: int, k_prime: int | None = None) -> None:
+    n = self.num_items
+    if not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f"k must be a positive int, got {k!r}")
+    if k > n:
+      raise ValueError(f"k={k} exceeds the {n} items of the index")
+    if k_prime is not None:
+      if k_prime > n:
+        raise ValueError(f"k_prime={k_prime} exceeds the {n} items of the index")
+      if k > k_prime:
+        raise ValueError(f"k={k} exceeds k_prime={k_prime}; stage 2 needs k <= k_prime")
+
+  def _check_generator(self, generator: str) -> None:
+    if generator not in GENERATORS:
+      raise ValueError(f"unknown generator {generator!r}; valid: {', '.join(GENERATORS)}")
+    if generator not in self.generators:
+      raise ValueError("generator 'hindexer' needs an index built with a hindexer "
+                       "(HIndexedRetrievalModel, hindexer= or fit_hindexer)")
+
+  # ------------------------------------------------------------------------- pure pieces
+
+  def _q_side(self, arrays: IndexArrays, q: Array) -> MoLQuerySide:
+    return self.head.apply({"params": arrays.head_params}, q, method=MoLHead.query_side)
+
+  def _mol_scores(self, arrays: IndexArrays, q_side: MoLQuerySide, rows: Array) -> Array:
+    """MoL scores of (B, S) candidate rows -> (B, S) float32."""
+    dt = MOL_DTYPES[self.mol_dtype]
+    comps = arrays.item_components[rows].astype(dt)                     # (B, S, P_X, d)
+    gate = None if arrays.item_gate is None else arrays.item_gate[rows].astype(dt)
+    q_side = MoLQuerySide(q_side.components.astype(dt),
+                          None if q_side.gate is None else q_side.gate.astype(dt))
+    s = self._stage2_head.apply({"params": arrays.head_params}, q_side,
+                                MoLItemSide(comps, gate), method=MoLHead.score_sides)
+    return s.astype(jnp.float32)
+
+  def _stage1(self, arrays: IndexArrays, q: Array, q_side: MoLQuerySide, k_prime: int,
+              generator: str, per_pair_k: int | None) -> tuple[Array, Array]:
+    """Candidate rows (B, S) and validity (B, S) bool."""
+    b = q.shape[0]
+    if generator in ("avg", "hindexer"):
+      if generator == "avg":
+        sq, table = jnp.mean(q_side.components.astype(jnp.float32), axis=-2), arrays.avg_table
+      else:
+        sq = self.hindexer.apply({"params": arrays.hindexer_params}, q,
+                                 method=HIndexer.embed_queries)
+        table = arrays.hindexer_table
+      top = topk_lib.dot_topk(sq, table, k_prime, self.backend,
+                              _block_for(b, table.num_rows), self.recall_target)
+      return top.ids, jnp.ones(top.ids.shape, bool)
+    # per_component: (B * P) rows of pair scores, top-m per pair.
+    p_x = self.head.num_item_components
+    n = self.num_items
+    m = per_pair_k or math.ceil(k_prime / self.head.num_logits)
+    m = min(m, n)
+    tab = arrays.component_table
+    values = tab.values.reshape(n, p_x, -1)
+    scale = None if tab.scale is None else tab.scale.reshape(n, p_x)
+    qc = q_side.components.astype(jnp.float32)                          # (B, P_Q', d)
+
+    def score_fn(ids: Array) -> Array:
+      rows = jnp.minimum(ids, n - 1)                                    # last block: masked
+      v = values[rows].astype(jnp.float32)                              # (blk, P_X, d)
+      s = jnp.einsum("bqd,nxd->bqxn", qc, v)                            # (B, P_Q', P_X, blk)
+      if scale is not None:
+        s = s * scale[rows].T[None, None]
+      return s.reshape(-1, ids.shape[0])                                # (B * P, blk)
+
+    rows_per_block = b * self.head.num_logits
+    top = topk_lib.blockwise_topk(score_fn, n, m, _block_for(rows_per_block, n))
+    rows = top.ids.reshape(b, -1)                                       # (B, P * m)
+    return rows, _dedupe_mask(rows)
+
+  def _finish(self, arrays: IndexArrays, rows: Array, scores: Array, k: int):
+    vals, pos = jax.lax.top_k(scores, k)
+    best = jnp.take_along_axis(rows, pos, axis=-1)
+    ids = jnp.where(jnp.isfinite(vals), arrays.item_ids[best], -1)
+    return ids, vals
+
+  def _two_stage(self, arrays: IndexArrays, q: Array, k: int, k_prime: int, generator: str,
+                 per_pair_k: int | None):
+    q_side = self._q_side(arrays, q)
+    rows, valid = self._stage1(arrays, q, q_side, k_prime, generator, per_pair_k)
+    scores = jnp.where(valid, self._mol_scores(arrays, q_side, rows), -jnp.inf)
+    return self._finish(arrays, rows, scores, k)
+
+  def _exact(self, arrays: IndexArrays, q: Array, k: int, block: int):
+    q_side = self._q_side(arrays, q)
+    n = self.num_items
+
+    def score_fn(ids: Array) -> Array:
+      rows = jnp.minimum(ids, n - 1)
+      gate = None if arrays.item_gate is None else arrays.item_gate[rows]
+      side = MoLItemSide(arrays.item_components[rows], gate)           # (blk, P_X, d)
+      dt = MOL_DTYPES[self.mol_dtype]
+      side = jax.tree.map(lambda x: x.astype(dt), side)
+      qs = jax.tree.map(lambda x: x.astype(dt), q_side)
+      return self._stage2_head.apply({"params": arrays.head_params}, qs, side,
+                                     method=MoLHead.score_sides)      # (B, blk)
+
+    top = topk_lib.blockwise_topk(score_fn, n, k, block)
+    ids = jnp.where(jnp.isfinite(top.scores), arrays.item_ids[top.ids], -1)
+    return ids, top.scores, top.ids
+
+  def _jitted(self, key: tuple, fn: Callable) -> Callable:
+    if key not in self._fns:
+      self._fns[key] = jax.jit(fn)
+    return self._fns[key]
+
+  # ------------------------------------------------------------------------- public API
+
+  def retrieve(self, queries: Array | np.ndarray, k: int, k_prime: int,
+               generator: str = "avg", per_pair_k: int | None = None) -> tuple[Array, Array]:
+    """Two-stage top-k (jitted; compiled once per (B, k, k_prime, generator)).
+
+    Args:
+      queries: (B, D_Q) float query vectors (the encoder's output).
+      k: results per query, 1 <= k <= k_prime.
+      k_prime: stage-1 candidates per query, <= N.
+      generator: 'hindexer', 'avg' or 'per_component'.
+      per_pair_k: per_component only: list length per pair (default ceil(k' / P)).
+
+    Returns:
+      ids (B, k) int32 item ids (-1 where missing) and scores (B, k) float32 MoL scores,
+      best first.
+    """
+    q = self._check_queries(queries)
+    self._check_k(k, k_prime)
+    self._check_generator(generator)
+    if per_pair_k is not None and not 1 <= per_pair_k <= self.num_items:
+      raise ValueError(f"per_pair_k must lie in [1, {self.num_items}], got {per_pair_k}")
+    key = ("two_stage", k, k_prime, generator, per_pair_k)
+    fn = self._jitted(key, lambda a, x: self._two_stage(a, x, k, k_prime, generator,
+                                                        per_pair_k))
+    return fn(self.arrays, q)
+
+  def stage1(self, queries: Array | np.ndarray, k_prime: int,
+             generator: str = "avg") -> tuple[Array, Array]:
+    """Stage 1 alone (jitted): candidate item ids (B, S) and validity (B, S) bool.
+
+    S = k' for 'avg' / 'hindexer', P * ceil(k' / P) for 'per_component'.
+    """
+    q = self._check_queries(queries)
+    self._check_k(1, k_prime)
+    self._check_generator(generator)
+
+    def fn(a, x):
+      rows, valid = self._stage1(a, x, self._q_side(a, x), k_prime, generator, None)
+      return a.item_ids[rows], valid
+
+    return self._jitted(("stage1", k_prime, generator), fn)(self.arrays, q)
+
+  def _exact_rows(self, queries, k: int, block: int = 512) -> Array:
+    q = self._check_queries(queries)
+    self._check_k(k)
+    fn = self._jitted(("exact", k, block), lambda a, x: self._exact(a, x, k, block))
+    return fn(self.arrays, q)[2]
+
+  def _two_stage_rows(self, queries, k: int, k_prime: int, generator: str) -> Array:
+    q = self._check_queries(queries)
+    self._check_k(k, k_prime)
+
+    def fn(a, x):
+      q_side = self._q_side(a, x)
+      rows, valid = self._stage1(a, x, q_side, k_prime, generator, None)
+      scores = jnp.where(valid, self._mol_scores(a, q_side, rows), -jnp.inf)
+      _, pos = jax.lax.top_k(scores, k)
+      return jnp.take_along_axis(rows, pos, axis=-1)
+
+    return self._jitted(("two_stage_rows", k, k_prime, generator), fn)(self.arrays, q)
+
+  def exact_mol_topk(self, queries: Array | np.ndarray, k: int,
+                     block: int = 512) -> tuple[Array, Array]:
+    """Brute-force MoL top-k over all N items, `block` items at a time (the reference).
+
+    Args:
+      queries: (B, D_Q) float.
+      k: results per query, <= N.
+      block: items scored per step (memory ~ B * block * max(P, gating_hidden) floats).
+
+    Returns:
+      ids (B, k) int32 item ids and scores (B, k) float32, best first.
+    """
+    q = self._check_queries(queries)
+    self._check_k(k)
+    fn = self._jitted(("exact", k, block), lambda a, x: self._exact(a, x, k, block))
+    ids, scores, _ = fn(self.arrays, q)
+    return ids, scores
+
+  def mol_scores_fn(self) -> Callable[[Array, Array], Array]:
+    """(queries (b, D_Q), rows (b, C) int32) -> (b, C) MoL scores (jittable)."""
+    arrays = self.arrays
+
+    def fn(q: Array, rows: Array) -> Array:
+      return self._mol_scores(arrays, self._q_side(arrays, q), rows)
+
+    return fn
+
+  def stage1_query_embeddings(self, queries: Array | np.ndarray, generator: str) -> Array:
+    """(B, D_Q) -> (B, d_1) stage-1 query embeddings for 'avg' or 'hindexer'."""
+    q = self._check_queries(queries)
+    self._check_generator(generator)
+    if generator == "per_component":
+      raise ValueError("per_component has P query embeddings per query; use 'avg'/'hindexer'")
+
+    def fn(a, x):
+      if generator == "avg":
+        return jnp.mean(self._q_side(a, x).components.astype(jnp.float32), axis=-2)
+      return self.hindexer.apply({"params": a.hindexer_params}, x,
+                                 method=HIndexer.embed_queries)
+
+    return self._jitted(("s1q", generator), fn)(self.arrays, q)
+
+  def stage1_table(self, generator: str) -> QuantizedTable:
+    """The (N, d_1) stage-1 item table of 'avg' or 'hindexer'."""
+    self._check_generator(generator)
+    if generator == "per_component":
+      return self.arrays.component_table
+    return self.arrays.avg_table if generator == "avg" else self.arrays.hindexer_table
+
+  # ------------------------------------------------------------------------- save / load
+
+  def save(self, path: str | Path) -> Path:
+    """Writes the index to one `.npz` (arrays, params and a JSON config)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+      path = path.with_suffix(".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = self.arrays
+    out: dict[str, np.ndarray] = {
+        "item_ids": np.asarray(a.item_ids), "item_components": np.asarray(a.item_components)}
+    if a.item_gate is not None:
+      out["item_gate"] = np.asarray(a.item_gate)
+    for k, v in traverse_util.flatten_dict(a.head_params, sep="/").items():
+      out[f"head_params/{k}"] = np.asarray(v)
+    if a.hindexer_params is not None:
+      out["hindexer_items"] = np.asarray(a.hindexer_items)
+      for k, v in traverse_util.flatten_dict(a.hindexer_params, sep="/").items():
+        out[f"hindexer_params/{k}"] = np.asarray(v)
+    meta = {"head": _module_config(self.head),
+            "hindexer": None if self.hindexer is None else _module_config(self.hindexer),
+            "quantization": self.quantization, "mol_dtype": self.mol_dtype,
+            "backend": self.backend, "recall_target": self.recall_target}
+    out["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **out)
+    tmp.replace(path)
+    return path
+
+  @classmethod
+  def load(cls, path: str | Path, **overrides) -> "MoLIndex":
+    """Reads an index written by `save` (`overrides`: quantization, backend, ...)."""
+    with np.load(Path(path), allow_pickle=False) as f:
+      data = {k: f[k] for k in f.files}
+    meta = json.loads(data.pop("__meta__").tobytes().decode())
+    head_cfg = dict(meta["head"])
+    head_cfg["dtype"] = jnp.dtype(head_cfg["dtype"])
+    head = MoLHead(**head_cfg)
+    hindexer = None if meta["hindexer"] is None else HIndexer(**meta["hindexer"])
+
+    def params_of(prefix: str):
+      flat = {k[len(prefix):]: jnp.asarray(v) for k, v in data.items() if k.startswith(prefix)}
+      return traverse_util.unflatten_dict(flat, sep="/") if flat else None
+
+    quantization = overrides.pop("quantization", meta["quantization"])
+    opts = {k: meta[k] for k in ("mol_dtype", "backend", "recall_target")}
+    opts.update(overrides)
+    gate = data.get("item_gate")
+    h_items = data.get("hindexer_items")
+    arrays = _make_arrays(jnp.asarray(data["item_ids"]), jnp.asarray(data["item_components"]),
+                          None if gate is None else jnp.asarray(gate),
+                          params_of("head_params/"),
+                          None if h_items is None else jnp.asarray(h_items),
+                          params_of("hindexer_params/"), quantization)
+    return cls(head, arrays, hindexer, quantization, **opts)
+
+
+def _make_arrays(item_ids, components, gate, head_params, h_items, h_params,
+                 quantization: str) -> IndexArrays:
+  if quantization not in QUANTIZATIONS:
+    raise ValueError(f"unknown quantization {quantization!r}; valid: {', '.join(QUANTIZATIONS)}")
+  n, p_x, d = components.shape
+  avg = quantize(jnp.mean(components.astype(jnp.float32), axis=1), quantization)
+  comp = quantize(components.reshape(n * p_x, d), quantization)
+  h_table = None if h_items is None else quantize(h_items, quantization)
+  return IndexArrays(item_ids, components, gate, head_params, avg, comp, h_items, h_table,
+                     h_params)

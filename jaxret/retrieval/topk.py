@@ -1,0 +1,266 @@
+"""Top-k backends behind one interface, plus a blockwise scan and a sharded variant.
+
+Every backend returns `TopK(scores (B, k), ids (B, k))`, best first:
+
+  * `exact_topk(scores, k)`: `jax.lax.top_k` over a materialised `(B, N)` score matrix.
+  * `approx_topk(scores, k, recall_target)`: `jax.lax.approx_max_k`; its fast path exists on
+    TPU only, on CPU and GPU XLA lowers it to an exact sort (slower than `top_k`).
+  * `blockwise_topk(score_fn, num_items, k, block)`: scans the items in blocks of `block`,
+    keeping a running `(B, k)` top-k, so the `(B, N)` score matrix never exists.
+    `blockwise_dot_topk` is the same scan over a (quantised) embedding table, slicing the
+    table instead of gathering rows.
+  * `sharded_topk(queries, table, k, mesh)`: the table's rows are split over the mesh's
+    'data' axis; each device takes its local top-k, the `(B, k)` results are all-gathered
+    and merged. One code path for 1 and N devices.
+
+`best_backend()` names the backend measured fastest on the current platform.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from jaxret.retrieval.quantization import QuantizedTable
+
+Array = jax.Array
+
+BACKENDS = ("exact", "approx", "blockwise")
+
+# CPU: measured by scripts/bench_retrieval.py on the shared 2-core AMD EPYC (jax 0.10.2,
+#   B=256, d=64, k=100, fp32), N=1e4: exact 9.1k, approx 10.6k, blockwise 9.4k q/s -- equal
+#   within the noise of that machine, so CPU defaults to blockwise, which never materialises
+#   the (B, N) matrix (1 GB at N=1e6). Re-check with the benchmark's machine.json
+#   ('stage1_backend_qps') at 1e6.
+# GPU: one large `lax.top_k` over the full matrix (not measured here).
+# TPU: `approx_max_k` has a dedicated partial-reduce fast path (not measured here).
+_BEST = {"cpu": "blockwise", "gpu": "exact", "cuda": "exact", "rocm": "exact", "tpu": "approx"}
+
+
+class TopK(NamedTuple):
+  """Top-k result, best first.
+
+  scores: (B, k) float32.
+  ids: (B, k) int32 item rows (0-based positions in the scored table).
+  """
+  scores: Array
+  ids: Array
+
+
+def best_backend(platform: str | None = None) -> str:
+  """The backend measured fastest on `platform` (default: jax's default backend)."""
+  platform = platform or jax.default_backend()
+  return _BEST.get(platform, "exact")
+
+
+def exact_topk(scores: Array, k: int) -> TopK:
+  """Exact top-k of a full score matrix.
+
+  Args:
+    scores: (B, N) float.
+    k: number of results, <= N.
+
+  Returns:
+    TopK with (B, k) scores (float32) and ids (int32).
+  """
+  vals, ids = jax.lax.top_k(scores, k)
+  return TopK(vals.astype(jnp.float32), ids.astype(jnp.int32))
+
+
+def approx_topk(scores: Array, k: int, recall_target: float = 0.95) -> TopK:
+  """Approximate top-k (`jax.lax.approx_max_k`): exact on CPU/GPU, fast on TPU.
+
+  Args:
+    scores: (B, N) float.
+    k: number of results, <= N.
+    recall_target: expected recall of the TPU partial reduction (ignored elsewhere).
+
+  Returns:
+    TopK with (B, k) scores and ids.
+  """
+  vals, ids = jax.lax.approx_max_k(scores, k, recall_target=recall_target)
+  return TopK(vals.astype(jnp.float32), ids.astype(jnp.int32))
+
+
+def merge_topk(a: TopK, b: TopK, k: int) -> TopK:
+  """Merges two top lists of the same rows into one top-k.
+
+  Args:
+    a, b: TopK with (B, k_a) and (B, k_b) entries; k <= k_a + k_b.
+    k: size of the merged list.
+
+  Returns:
+    TopK (B, k).
+  """
+  vals = jnp.concatenate([a.scores, b.scores], axis=-1)
+  ids = jnp.concatenate([a.ids, b.ids], axis=-1)
+  top, pos = jax.lax.top_k(vals, k)
+  return TopK(top, jnp.take_along_axis(ids, pos, axis=-1))
+
+
+def _empty(batch: int, k: int) -> TopK:
+  return TopK(jnp.full((batch, k), -jnp.inf, jnp.float32), jnp.full((batch, k), -1, jnp.int32))
+
+
+def _block_topk(scores: Array, ids: Array, valid: Array, k: int) -> TopK:
+  """Top-min(k, block) of one block; `ids` (block,), `valid` (block,) bool."""
+  scores = jnp.where(valid[None, :], scores.astype(jnp.float32), -jnp.inf)
+  kb = min(k, scores.shape[-1])
+  vals, pos = jax.lax.top_k(scores, kb)
+  return TopK(vals, ids[pos].astype(jnp.int32))
+
+
+def blockwise_topk(score_fn: Callable[[Array], Array], num_items: int, k: int,
+                   block: int = 8192) -> TopK:
+  """Exact top-k over `num_items` items scored block by block (never `(B, N)` at once).
+
+  Args:
+    score_fn: maps item rows `ids` (block,) int32 (contiguous, `ids[0]` a multiple of
+      `block`) to scores (B, block). In the last block, ids >= num_items may appear (their
+      scores are masked to -inf), so `score_fn` must accept them (jnp indexing clamps).
+    num_items: N.
+    k: results per row, <= N.
+    block: items per step.
+
+  Returns:
+    TopK (B, k); ids are rows in [0, N).
+  """
+  if k > num_items:
+    raise ValueError(f"k={k} exceeds the {num_items} items")
+  block = max(1, min(block, num_items))
+  num_blocks = -(-num_items // block)
+  base = jnp.arange(block, dtype=jnp.int32)
+  first = score_fn(base)
+  init = merge_topk(_empty(first.shape[0], k), _block_topk(first, base, base < num_items, k), k)
+
+  def step(carry: TopK, b: Array):
+    ids = b * block + base
+    local = _block_topk(score_fn(ids), ids, ids < num_items, k)
+    return merge_topk(carry, local, k), None
+
+  out, _ = jax.lax.scan(step, init, jnp.arange(1, num_blocks, dtype=jnp.int32))
+  return out
+
+
+def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
+                       block: int = 16384, id_offset: Array | int = 0,
+                       num_valid: Array | int | None = None) -> TopK:
+  """Blockwise exact top-k of `queries @ table.T` (dequantised inside the dot).
+
+  The table is padded to a multiple of `block` and scanned as `(N / block, block, d)`
+  slices (no gather).
+
+  Args:
+    queries: (B, d) float.
+    table: QuantizedTable with values (N, d).
+    k: results per query, <= N.
+    block: rows per step.
+    id_offset: added to the returned ids (the shard's first row in a sharded table).
+    num_valid: rows >= num_valid are masked (padding of a sharded table); default N.
+
+  Returns:
+    TopK (B, k), ids in [id_offset, id_offset + N).
+  """
+  n = table.num_rows
+  if k > n:
+    raise ValueError(f"k={k} exceeds the {n} rows of the table")
+  block = max(1, min(block, n))
+  num_blocks = -(-n // block)
+  padded = table.pad_rows(num_blocks * block)
+  blocks = padded.reshape_blocks(num_blocks, block)
+  limit = n if num_valid is None else num_valid
+  base = jnp.arange(block, dtype=jnp.int32)
+
+  def step(carry: TopK, xs):
+    b, tab = xs
+    ids = b * block + base
+    local = _block_topk(tab.scores(queries), ids + id_offset, ids < limit, k)
+    return merge_topk(carry, local, k), None
+
+  init = _empty(queries.shape[0], k)
+  out, _ = jax.lax.scan(step, init, (jnp.arange(num_blocks, dtype=jnp.int32), blocks))
+  return out
+
+
+def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exact",
+             block: int = 16384, recall_target: float = 0.95) -> TopK:
+  """Top-k of `queries @ table.T` with the named backend.
+
+  Args:
+    queries: (B, d) float.
+    table: QuantizedTable (N, d).
+    k: results per query.
+    backend: 'exact', 'approx' or 'blockwise'.
+    block: rows per step of the blockwise backend.
+    recall_target: of the approx backend.
+
+  Returns:
+    TopK (B, k).
+  """
+  if backend == "blockwise":
+    return blockwise_dot_topk(queries, table, k, block)
+  scores = table.scores(queries)
+  if backend == "exact":
+    return exact_topk(scores, k)
+  if backend == "approx":
+    return approx_topk(scores, k, recall_target)
+  raise ValueError(f"unknown top-k backend {backend!r}; valid: {', '.join(BACKENDS)}")
+
+
+def sharded_topk(queries: Array, table: QuantizedTable, k: int, mesh: Mesh,
+                 axis: str = "data", block: int = 16384, local_backend: str = "exact") -> TopK:
+  """Top-k of `queries @ table.T` with the table's rows sharded over `mesh[axis]`.
+
+  Each device scores its N / n_dev rows (local top-k, ids offset to global rows), the
+  `(B, k)` lists are all-gathered to `(B, n_dev * k)` and merged. The table is padded with
+  masked rows to a multiple of the device count. Call under `jax.jit` (mesh and k static).
+
+  Args:
+    queries: (B, d) float, replicated.
+    table: QuantizedTable (N, d); its rows are placed as P(axis).
+    k: results per query, at most the rows of one shard (ceil(N / n_dev)).
+    mesh: a mesh with axis `axis`.
+    axis: the mesh axis that splits the rows.
+    block: rows per step of the local blockwise scan.
+    local_backend: 'exact' (full local matrix + top_k) or 'blockwise'.
+
+  Returns:
+    TopK (B, k), replicated; ids are global rows in [0, N).
+  """
+  n_dev = mesh.shape[axis]
+  n = table.num_rows
+  local_n = -(-n // n_dev)
+  if k > local_n:
+    raise ValueError(f"k={k} exceeds the {local_n} rows of one of the {n_dev} shards")
+  padded = table.pad_rows(local_n * n_dev)
+
+  def local(q: Array, tab: QuantizedTable) -> TopK:
+    offset = jax.lax.axis_index(axis) * local_n
+    if local_backend == "blockwise":
+      top = blockwise_dot_topk(q, tab, k, block, id_offset=offset, num_valid=n - offset)
+    else:
+      scores = tab.scores(q)
+      rows = jnp.arange(local_n, dtype=jnp.int32)
+      scores = jnp.where((rows < n - offset)[None, :], scores, -jnp.inf)
+      top = exact_topk(scores, k)
+      top = TopK(top.scores, top.ids + offset)
+    vals = jax.lax.all_gather(top.scores, axis, axis=1, tiled=True)   # (B, n_dev * k)
+    ids = jax.lax.all_gather(top.ids, axis, axis=1, tiled=True)
+    best, pos = jax.lax.top_k(vals, k)
+    return TopK(best, jnp.take_along_axis(ids, pos, axis=-1))
+
+  table_spec = jax.tree.map(lambda _: P(axis), padded)
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), table_spec), out_specs=P(),
+                     check_vma=False)
+  return fn(queries, padded)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "mesh", "axis", "block", "local_backend"))
+def sharded_topk_jit(queries: Array, table: QuantizedTable, k: int, mesh: Mesh,
+                     axis: str = "data", block: int = 16384,
+                     local_backend: str = "exact") -> TopK:
+  """`sharded_topk` under `jax.jit` (k, mesh and options static)."""
+  return sharded_topk(queries, table, k, mesh, axis, block, local_backend)

@@ -1,0 +1,360 @@
+"""Two-stage MoL retrieval benchmark: the paper's Figure 3 (relative recall vs k', q/s vs N).
+
+  python scripts/bench_retrieval.py --pool_sizes=10000,100000,1000000 --out_dir=results \
+      [--checkpoint=WORKDIR]
+
+Writes to --out_dir:
+  retrieval_recall.csv      generator, quantization, pool_size, k, k_prime, relative_recall
+  retrieval_throughput.csv  method, quantization, pool_size, batch, k, k_prime, qps
+  fig3a_relative_recall.png relative recall@k of two-stage vs exact MoL, as a function of k'
+  fig3b_throughput.png      queries/s vs pool size (exact_mol, two_stage, stage1_only, faiss)
+  machine.json              cpu, cores, jax version and backend, chosen top-k backend
+
+Synthetic pool: MoL weights from the trained model in --checkpoint when its head is MoL,
+else a randomly initialised MoL head (the default config's sizes); item vectors are sampled
+from a Gaussian with the trained item table's mean and covariance when a checkpoint is
+given, else N(0, I); queries likewise. The 'hindexer' generator is distilled from the MoL
+head (`fit_hindexer`) once, on a separate pool of --hindexer_pool items of the same
+distribution, and applied to every pool. Timings: one warm-up (compile) call, then the median
+of --repeats calls, each ended by `jax.block_until_ready`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxret.models.heads import MoLHead  # noqa: E402
+from jaxret.retrieval import topk as topk_lib  # noqa: E402
+from jaxret.retrieval.hindexer import HIndexer  # noqa: E402
+from jaxret.retrieval.index import MoLIndex  # noqa: E402
+
+
+def _ints(s: str) -> list[int]:
+  return [int(float(x)) for x in s.split(",") if x]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--pool_sizes", default="10000,100000,1000000")
+  p.add_argument("--out_dir", default="results")
+  p.add_argument("--checkpoint", default="", help="workdir of a trained run (optional)")
+  p.add_argument("--batch", type=int, default=256, help="queries per call (throughput)")
+  p.add_argument("--ks", default="10,100")
+  p.add_argument("--k_primes", default="100,200,500,1000,2000,5000,10000")
+  p.add_argument("--generators", default="hindexer,avg,per_component")
+  p.add_argument("--quantizations", default="fp32,bf16,int8")
+  p.add_argument("--recall_queries", type=int, default=256)
+  p.add_argument("--throughput_generator", default="avg")
+  p.add_argument("--throughput_k_prime", type=int, default=2000)
+  p.add_argument("--exact_mol_max_pool", type=int, default=1_000_000,
+                 help="skip exact-MoL throughput above this pool size")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--hindexer_pool", type=int, default=20000)
+  p.add_argument("--hindexer_dim", type=int, default=32)
+  p.add_argument("--hindexer_steps", type=int, default=400)
+  p.add_argument("--seed", type=int, default=0)
+  return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- model / pool
+
+
+def load_source(checkpoint: str, seed: int):
+  """(head, head_params, item mean (D,), item cov factor (D, D), query mean, query factor)."""
+  rng = np.random.default_rng(seed)
+  item_mean = item_chol = None
+  head = head_params = None
+  if checkpoint:
+    import ml_collections
+    import orbax.checkpoint as ocp
+    from jaxret import train
+    config = ml_collections.ConfigDict(json.loads((Path(checkpoint) / "config.json").read_text()))
+    mngr = ocp.CheckpointManager(Path(checkpoint).resolve() / "checkpoints" / "best")
+    step = mngr.latest_step()
+    if step is None:
+      raise SystemExit(f"error: no checkpoint under {checkpoint}/checkpoints/best")
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    params = state["state"]["params"]
+    enc = params["encoder"]
+    table = next(np.asarray(v) for k, v in _flat(enc).items() if v.ndim == 2
+                 and ("item" in k.lower()))
+    table = table[1:].astype(np.float64)                      # drop padding row 0
+    item_mean = table.mean(0)
+    item_chol = np.linalg.cholesky(np.cov(table, rowvar=False) + 1e-6 * np.eye(table.shape[1]))
+    if config.head == "mol":
+      model = train.build_model(config, table.shape[0])
+      head, head_params = model.head, params["head"]
+      print(f"MoL head from {checkpoint} (step {step})")
+    else:
+      print(f"{checkpoint} has a {config.head!r} head: random MoL head, item statistics "
+            f"from its table")
+  dim = item_mean.shape[0] if item_mean is not None else 50
+  if head is None:
+    head = MoLHead()                                          # the default config's sizes
+    head_params = head.init(jax.random.key(seed), jnp.zeros((1, dim)),
+                            jnp.zeros((1, dim)))["params"]
+  if item_mean is None:
+    item_mean, item_chol = np.zeros(dim), np.eye(dim)
+  return head, head_params, item_mean, item_chol, rng
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def sample(rng, n: int, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
+  out = np.empty((n, mean.shape[0]), np.float32)
+  for s in range(0, n, 1 << 18):
+    z = rng.standard_normal((min(1 << 18, n - s), mean.shape[0]))
+    out[s:s + z.shape[0]] = z @ chol.T + mean
+  return out
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def median_seconds(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())                                 # compile + warm up
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+    if times[-1] > 20:                                        # slow baselines: fewer runs
+      break
+  return float(np.median(times))
+
+
+def faiss_qps(vectors: np.ndarray, queries: np.ndarray, k: int, repeats: int) -> float | None:
+  try:
+    import faiss
+  except ImportError:
+    print("faiss not installed (pip install '.[bench]'): skipping faiss_flat_ip")
+    return None
+  index = faiss.IndexFlatIP(vectors.shape[1])
+  index.add(np.ascontiguousarray(vectors, np.float32))
+  q = np.ascontiguousarray(queries, np.float32)
+  index.search(q, k)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    index.search(q, k)
+    times.append(time.perf_counter() - t)
+  return q.shape[0] / float(np.median(times))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def machine_info() -> dict:
+  cpu = platform.processor()
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  info = {"cpu_model": cpu, "cores": os.cpu_count(), "jax_version": jax.__version__,
+          "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "topk_backend": topk_lib.best_backend(), "python": platform.python_version(),
+          "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+  try:
+    import faiss
+    info["faiss_version"] = faiss.__version__
+  except ImportError:
+    pass
+  return info
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  out = Path(args.out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  pools, ks, k_primes = _ints(args.pool_sizes), _ints(args.ks), _ints(args.k_primes)
+  quants = args.quantizations.split(",")
+  gens = args.generators.split(",")
+  info = machine_info()
+  print(f"jax {jax.__version__} on {info['jax_backend']} ({info['cpu_model']}, "
+        f"{info['cores']} cores); stage-1 top-k backend: {info['topk_backend']}")
+
+  head, head_params, mean, chol, rng = load_source(args.checkpoint, args.seed)
+  recall_q = sample(rng, args.recall_queries, mean, chol)
+  bench_q = sample(rng, args.batch, mean, chol)
+
+  h_params = None
+  hindexer = HIndexer(dim=args.hindexer_dim, hidden=128)
+  if "hindexer" in gens:
+    t = time.time()
+    train_items = sample(rng, args.hindexer_pool, mean, chol)
+    train_q = sample(rng, 1024, mean, chol)
+    base = MoLIndex.from_arrays(head, head_params, train_items)
+    fitted = base.fit_hindexer(train_q, train_items, hindexer, teacher_k=64,
+                               steps=args.hindexer_steps, batch_size=128, num_negatives=1024,
+                               learning_rate=3e-3, log=print)
+    h_params = fitted.arrays.hindexer_params
+    print(f"h-indexer distilled in {time.time() - t:.0f}s")
+
+  recall_rows, tput_rows, backend_qps = [], [], {}
+  for n in pools:
+    t0 = time.time()
+    items = sample(rng, n, mean, chol)
+    index = MoLIndex.from_arrays(head, head_params, items,
+                                 hindexer=hindexer if h_params is not None else None,
+                                 hindexer_params=h_params)
+    print(f"\n== pool {n}: index built in {time.time() - t0:.1f}s "
+          f"(backend {index.backend})")
+    # Reference: exact MoL top-max(k) for the recall queries.
+    kmax = max(ks)
+    ref = np.concatenate([np.asarray(index.exact_mol_topk(recall_q[s:s + 64], kmax)[0])
+                          for s in range(0, len(recall_q), 64)])
+    for quant in quants:
+      qindex = index.with_options(quant)
+      for gen in gens:
+        for kp in (kp for kp in k_primes if kp <= n):
+          k_here = [k for k in ks if k <= kp]
+          if not k_here:
+            continue
+          kk = max(k_here)
+          got = np.concatenate([np.asarray(qindex.retrieve(recall_q[s:s + 64], kk, kp, gen)[0])
+                                for s in range(0, len(recall_q), 64)])
+          for k in k_here:
+            r = np.mean([len(np.intersect1d(a[:k], b[:k])) / k for a, b in zip(got, ref)])
+            recall_rows.append(dict(generator=gen, quantization=quant, pool_size=n, k=k,
+                                    k_prime=kp, relative_recall=round(float(r), 4)))
+            if k == 100 or len(k_here) == 1:
+              print(f"recall@{k} {gen:13s} {quant}: k'={kp:6d} {r:.4f}")
+    # Throughput at batch B, k = max(ks).
+    k = min(kmax, n)
+    kp = min(args.throughput_k_prime, n)
+    qb = jnp.asarray(bench_q)
+    qps = {}
+    if n <= args.exact_mol_max_pool:
+      sec = median_seconds(lambda: index.exact_mol_topk(qb, k), min(args.repeats, 3))
+      qps["exact_mol"] = args.batch / sec
+      tput_rows.append(dict(method="exact_mol", quantization="fp32", pool_size=n,
+                            batch=args.batch, k=k, k_prime="", qps=round(qps["exact_mol"], 2)))
+    for quant in quants:
+      qindex = index.with_options(quant)
+      sec = median_seconds(lambda: qindex.retrieve(qb, k, kp, args.throughput_generator),
+                           args.repeats)
+      qps[f"two_stage/{quant}"] = args.batch / sec
+      tput_rows.append(dict(method="two_stage", quantization=quant, pool_size=n,
+                            batch=args.batch, k=k, k_prime=kp,
+                            qps=round(args.batch / sec, 2)))
+      # Stage 1 alone: exact dot-product top-k over the 'avg' table (d = component_dim).
+      s1q = qindex.stage1_query_embeddings(qb, "avg")
+      table = qindex.stage1_table("avg")
+      fn = jax.jit(lambda q, t: topk_lib.dot_topk(q, t, k, qindex.backend,
+                                                  max(128, (1 << 22) // args.batch)))
+      sec = median_seconds(lambda: fn(s1q, table), args.repeats)
+      qps[f"stage1_only/{quant}"] = args.batch / sec
+      tput_rows.append(dict(method="stage1_only", quantization=quant, pool_size=n,
+                            batch=args.batch, k=k, k_prime="", qps=round(args.batch / sec, 2)))
+      if quant == "fp32":
+        for be in topk_lib.BACKENDS:
+          fb = jax.jit(lambda q, t, be=be: topk_lib.dot_topk(q, t, k, be,
+                                                             max(128, (1 << 22) // args.batch)))
+          backend_qps.setdefault(str(n), {})[be] = round(
+              args.batch / median_seconds(lambda: fb(s1q, table), args.repeats), 2)
+        print(f"stage-1 fp32 q/s by top-k backend: {backend_qps[str(n)]}")
+        f = faiss_qps(np.asarray(table.dequantize()), np.asarray(s1q), k, args.repeats)
+        if f is not None:
+          qps["faiss_flat_ip"] = f
+          tput_rows.append(dict(method="faiss_flat_ip", quantization="fp32", pool_size=n,
+                                batch=args.batch, k=k, k_prime="", qps=round(f, 2)))
+    for name, v in qps.items():
+      print(f"q/s {name:22s} {v:12.1f}")
+    if "exact_mol" in qps:
+      print(f"two_stage/exact_mol (fp32, {args.throughput_generator}, k'={kp}): "
+            f"{qps['two_stage/fp32'] / qps['exact_mol']:.1f}x")
+    if "faiss_flat_ip" in qps:
+      for quant in quants:
+        print(f"stage1_only/{quant} / faiss_flat_ip: "
+              f"{qps[f'stage1_only/{quant}'] / qps['faiss_flat_ip']:.2f}x")
+
+  _write_csv(out / "retrieval_recall.csv", recall_rows,
+             ["generator", "quantization", "pool_size", "k", "k_prime", "relative_recall"])
+  _write_csv(out / "retrieval_throughput.csv", tput_rows,
+             ["method", "quantization", "pool_size", "batch", "k", "k_prime", "qps"])
+  info.update(stage1_backend_qps=backend_qps, checkpoint=args.checkpoint or None,
+              mol_head={k: getattr(head, k) for k in (
+                  "num_query_components", "num_item_components", "component_dim",
+                  "gating_hidden", "query_hidden")},
+              throughput_generator=args.throughput_generator)
+  (out / "machine.json").write_text(json.dumps(info, indent=2))
+  plot(recall_rows, tput_rows, out)
+  print(f"\nwrote {out}/retrieval_recall.csv, retrieval_throughput.csv, machine.json, PNGs")
+
+
+def _write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+
+
+def plot(recall_rows: list[dict], tput_rows: list[dict], out: Path) -> None:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("matplotlib not installed (pip install '.[bench]'): skipping the figures")
+    return
+  if recall_rows:
+    n = max(r["pool_size"] for r in recall_rows)
+    ks = sorted({r["k"] for r in recall_rows})
+    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+      series = sorted({(r["generator"], r["quantization"]) for r in recall_rows})
+      for gen, quant in series:
+        pts = sorted((r["k_prime"], r["relative_recall"]) for r in recall_rows
+                     if r["pool_size"] == n and r["k"] == k and r["generator"] == gen
+                     and r["quantization"] == quant)
+        if pts:
+          ax.plot(*zip(*pts), marker="o", label=f"{gen} / {quant}",
+                  linestyle={"fp32": "-", "bf16": "--", "int8": ":"}.get(quant, "-"))
+      ax.set(xscale="log", xlabel="k' (stage-1 candidates)", ylabel=f"relative recall@{k}",
+             title=f"Fig. 3a: two-stage vs exact MoL, N={n:,}", ylim=(0, 1.02))
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "fig3a_relative_recall.png", dpi=120)
+    plt.close(fig)
+  if tput_rows:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = sorted({(r["method"], r["quantization"]) for r in tput_rows})
+    for method, quant in series:
+      pts = sorted((r["pool_size"], r["qps"]) for r in tput_rows
+                   if r["method"] == method and r["quantization"] == quant)
+      ax.plot(*zip(*pts), marker="o", label=f"{method} / {quant}")
+    ax.set(xscale="log", yscale="log", xlabel="pool size N", ylabel="queries / s",
+           title="Fig. 3b: throughput (batch %d)" % tput_rows[0]["batch"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "fig3b_throughput.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+  main()
