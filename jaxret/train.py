@@ -32,6 +32,7 @@ from jaxret.errors import ConfigError, JaxretError
 from jaxret.models import encoders as encoders_lib
 from jaxret.models import heads as heads_lib
 from jaxret.models.retrieval import RetrievalModel
+from jaxret.retrieval.hindexer import HIndexedRetrievalModel, HIndexer, hindexer_loss
 
 DEFAULT_NEGATIVES = {"bce": 127, "ss": 128, "softmax": 0}
 
@@ -64,6 +65,9 @@ def build_model(config: ml_collections.ConfigDict, num_items: int) -> RetrievalM
     head = head_cls(**_section(config, config.head))
   except TypeError as e:
     raise ConfigError(f"bad option in --config.{config.encoder} or --config.{config.head}: {e}")
+  if config.get("hindexer_dim", 0) > 0:
+    return HIndexedRetrievalModel(encoder=encoder, head=head,
+                                  hindexer=HIndexer(dim=config.hindexer_dim))
   return RetrievalModel(encoder=encoder, head=head)
 
 
@@ -219,11 +223,19 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
         valid = losses_lib.valid_negatives(targets, negatives)
         loss_sum, weight = loss_fn(pos, neg, mask, valid)
       main = loss_sum / jnp.maximum(weight, 1.0)
-      return main + aux_weight * aux, (main, aux, weight)
+      stage1 = jnp.zeros((), jnp.float32)
+      if isinstance(model, HIndexedRetrievalModel):  # stage-1 towers (stop-gradient inputs)
+        embed = lambda ids: model.apply(variables, ids, method=RetrievalModel.embed_items)
+        h_sum, h_weight = hindexer_loss(
+            params["hindexer"], model.hindexer, queries, embed(targets), embed(negatives), mask,
+            losses_lib.valid_negatives(targets, negatives), model.hindexer_temperature)
+        stage1 = h_sum / jnp.maximum(h_weight, 1.0)
+      return main + aux_weight * aux + stage1, (main, aux, stage1, weight)
 
-    (total, (main, aux, weight)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    (total, (main, aux, stage1, weight)), grads = jax.value_and_grad(loss, has_aux=True)(
+        state.params)
     state = state.apply_gradients(grads=grads)
-    return state, {"loss": main, "aux_loss": aux, "total_loss": total,
+    return state, {"loss": main, "aux_loss": aux, "hindexer_loss": stage1, "total_loss": total,
                    "positions": weight, "grad_norm": optax.tree.norm(grads)}
 
   return train_step

@@ -236,3 +236,27 @@ def test_chunked_scoring_equals_unchunked(tiny_dir, head, shared):
   assert out[7][1] == pytest.approx(out[0][1], rel=1e-4)
   # Adam turns round-off-sized gradients into full steps, so compare within one step (lr).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-2), out[0][2], out[7][2])
+
+
+def test_hindexer_trains_jointly_and_feeds_the_index(tiny_dir):
+  """With hindexer_dim > 0 the stage-1 towers learn from the auxiliary loss, and the index
+  built from the trained model uses them."""
+  from jaxret.retrieval import MoLIndex
+  config = tiny_config(tiny_dir, head="mol", hindexer_dim=8)
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+  assert "hindexer" in state.params
+  batch = next(data_lib.TrainBatches(seqs, split, config.max_len, 16).epoch(0, 0))
+  step = jax.jit(train.make_train_step(model, config, seqs.num_items))
+  h = []
+  for _ in range(20):
+    state, m = step(state, batch, jax.random.key(1))
+    h.append(float(m["hindexer_loss"]))
+  assert h[0] > 0 and np.mean(h[-3:]) < 0.9 * np.mean(h[:3]), h
+  index = MoLIndex.from_model(model, state.params)
+  queries = model.apply({"params": state.params}, batch["inputs"][:4],
+                        method=type(model).last_query)
+  ids, _ = index.retrieve(queries, k=5, k_prime=seqs.num_items, generator="hindexer")
+  exact_ids, _ = index.exact_mol_topk(queries, k=5)
+  np.testing.assert_array_equal(np.sort(ids, -1), np.sort(exact_ids, -1))

@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
       num_query_components=8, num_item_components=4, component_dim=64, temperature=0.05,
       gating_hidden=128, softmax_dropout=0.2, gating=True, query_hidden=512, item_dropout=0.1))
   c.mol_aux_weight = 0.001  # weight of MoL's load-balancing (mutual information) loss
+  # h-indexer: dim > 0 trains stage-1 retrieval embeddings of this size jointly, with an
+  # auxiliary sampled-softmax loss on stop-gradient inputs (jaxret.retrieval, MoLIndex).
+  c.hindexer_dim = 0
 
   # Loss and negatives.
   c.loss = "ss"  # 'bce', 'ss' (sampled softmax) or 'softmax' (full, small catalogs)

@@ -46,6 +46,10 @@ class RetrievalModel(nn.Module):
     """queries (..., D) against item ids (..., K) (leading dims broadcast) -> (..., K)."""
     return self.head(queries, self.encoder.embed_items(item_ids), deterministic=deterministic)
 
+  def embed_items(self, item_ids: jax.Array) -> jax.Array:
+    """(...) item ids -> (..., D) item vectors (the encoder's table)."""
+    return self.encoder.embed_items(item_ids)
+
   def last_query(self, inputs: jax.Array) -> jax.Array:
     """(B, L) left-padded histories -> (B, D) query after the whole history."""
     return self.encode(inputs, deterministic=True)[:, -1]
