@@ -135,8 +135,9 @@ def run_cli(*args, timeout=300):
                         env=env, timeout=timeout)
 
 
-def cli_args(tiny_dir, workdir, epochs=12):
-  return ["experiments.run", "--dataset=ml-1m", f"--data_dir={tiny_dir}", "--min_interactions=0",
+def cli_args(tiny_dir, workdir, epochs=10):
+  return ["experiments.run", "--dataset=ml-1m", "--head=dot", f"--data_dir={tiny_dir}",
+          "--min_interactions=0",
           f"--workdir={workdir}", f"--epochs={epochs}", "--config.max_len=8",
           "--config.sasrec.dim=16", "--config.mol.num_query_components=2",
           "--config.mol.num_item_components=2", "--config.mol.component_dim=8",
@@ -151,7 +152,7 @@ def test_run_resume_after_kill_and_evaluate(tiny_dir, tmp_path):
   r = run_cli(*cli_args(tiny_dir, ref_dir))
   assert r.returncode == 0, r.stderr[-2000:]
   reference = json.loads((ref_dir / "test_metrics.json").read_text())
-  assert len((ref_dir / "metrics.jsonl").read_text().splitlines()) == 12 * 2 + 1
+  assert len((ref_dir / "metrics.jsonl").read_text().splitlines()) == 10 * 2 + 1
 
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   proc = subprocess.Popen([sys.executable, "-m", *cli_args(tiny_dir, killed_dir)], cwd=REPO,

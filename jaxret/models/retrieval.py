@@ -28,6 +28,16 @@ class RetrievalModel(nn.Module):
     Returns (pos (B, L), neg (B, L, R)), or (pos (T,), neg (T, R)) with `positions`.
     """
     queries = self.encode(inputs, deterministic=deterministic)
+    *_, pos, neg = self.score_selected(queries, targets, negatives, positions,
+                                       deterministic=deterministic)
+    return pos, neg
+
+  def score_selected(self, queries: jax.Array, targets: jax.Array, negatives: jax.Array,
+                     positions: jax.Array | None = None, *, deterministic: bool = True):
+    """Scores targets and negatives at every position of `queries` (B, L, D), or at the
+    flattened `positions` (T,). Returns (queries, targets, negatives, pos, neg) of the scored
+    positions: (B, L, D) or (T, D), (B, L) or (T,), negatives as given or (T, R) when per
+    position, pos (B, L) or (T,), neg (B, L, R) or (T, R)."""
     if positions is not None:
       queries = queries.reshape(-1, queries.shape[-1])[positions]
       targets = targets.reshape(-1)[positions]
@@ -35,7 +45,7 @@ class RetrievalModel(nn.Module):
         negatives = negatives.reshape(-1, negatives.shape[-1])[positions]
     pos = self.score(queries, targets[..., None], deterministic=deterministic)[..., 0]
     neg = self.score(queries, negatives, deterministic=deterministic)
-    return pos, neg
+    return queries, targets, negatives, pos, neg
 
   def encode(self, inputs: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """(B, L) int32 -> (B, L, D) queries; position t sees items at positions <= t."""

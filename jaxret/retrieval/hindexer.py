@@ -129,14 +129,9 @@ class HIndexedRetrievalModel(RetrievalModel):
                positions: Array | None = None, *,
                deterministic: bool = True) -> tuple[Array, Array]:
     """As `RetrievalModel.__call__` (pos (B, L), neg (B, L, R) or (T,), (T, R))."""
-    queries = self.encode(inputs, deterministic=deterministic)
-    if positions is not None:
-      queries = queries.reshape(-1, queries.shape[-1])[positions]
-      targets = targets.reshape(-1)[positions]
-      if negatives.ndim > 1:
-        negatives = negatives.reshape(-1, negatives.shape[-1])[positions]
-    pos = self.score(queries, targets[..., None], deterministic=deterministic)[..., 0]
-    neg = self.score(queries, negatives, deterministic=deterministic)
+    queries, targets, negatives, pos, neg = self.score_selected(
+        self.encode(inputs, deterministic=deterministic), targets, negatives, positions,
+        deterministic=deterministic)
     # Stage-1 towers on stop-gradiented inputs (the main loss owns encoder and table).
     q, pos_vec, neg_vec = jax.lax.stop_gradient(
         (queries, self.encoder.embed_items(targets), self.encoder.embed_items(negatives)))
