@@ -425,12 +425,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       else:
         meta["bad_evals"] += 1
       if config.eval.patience and meta["bad_evals"] >= config.eval.patience:
-        meta["finished"] = True
+        meta["finished"] = True  # early-stopped; reaching --epochs is not final (raise it)
         log(f"early stop after epoch {epoch + 1}: best {metric} {meta['best']:.4f} at epoch "
             f"{meta['best_epoch']}")
     else:
       logger.write(record)
-    meta["finished"] = meta["finished"] or last
     meta["train_time"] = time.time() - t_start
     ckpt.save("latest", int(state.step), {"params": state.params, "opt_state": state.opt_state,
                                          "step": state.step}, dict(meta))
