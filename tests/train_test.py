@@ -261,3 +261,15 @@ def test_hindexer_trains_jointly_and_feeds_the_index(tiny_dir):
   ids, _ = index.retrieve(queries, k=5, k_prime=seqs.num_items, generator="hindexer")
   exact_ids, _ = index.exact_mol_topk(queries, k=5)
   np.testing.assert_array_equal(np.sort(ids, -1), np.sort(exact_ids, -1))
+
+
+def test_more_epochs_continue_a_finished_run(tiny_dir, tmp_path):
+  config = tiny_config(tiny_dir, head="dot", **{"train.epochs": 2})
+  first = train.train_and_evaluate(config, tmp_path, log=lambda s: None)
+  assert first["epochs"] == 2
+  config.train.epochs = 3
+  second = train.train_and_evaluate(config, tmp_path, log=lambda s: None)
+  assert second["epochs"] == 3
+  epochs = [json.loads(ln)["epoch"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
+            if json.loads(ln)["split"] == "train"]
+  assert epochs == [1, 2, 3]
