@@ -378,6 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                      "step": state.step})
   if restored is not None:
     tree, meta = restored
+    # Early stopping is judged under this run's patience (a larger --epochs continues a run).
+    meta["finished"] = bool(config.eval.patience) and meta["bad_evals"] >= config.eval.patience
     state = state.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
     state = sharding.replicate(state, mesh)
     log(f"resumed from {workdir}/checkpoints/latest at epoch {meta['epoch']} "
