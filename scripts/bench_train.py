@@ -38,6 +38,7 @@ def measure(args: argparse.Namespace) -> dict:
   c.dataset, c.encoder, c.head, c.loss = args.dataset, args.encoder, args.head, args.loss
   c.train.batch_size = args.batch_size
   c.train.position_budget = args.position_budget
+  c.train.score_chunk = args.score_chunk
   if args.dtype == "bfloat16":  # bf16 compute, fp32 master weights (params stay fp32)
     for section in (c.encoder, c.head):
       c[section]["dtype"] = jnp.bfloat16
@@ -71,6 +72,7 @@ def measure(args: argparse.Namespace) -> dict:
   return {
       "encoder": c.encoder, "head": c.head, "loss": c.loss, "dtype": args.dtype,
       "batch": c.train.batch_size, "position_budget": c.train.position_budget,
+      "score_chunk": c.train.score_chunk,
       "num_negatives": train.num_negatives(c),
       "step_ms": 1000 * step_s, "compile_s": compile_s,
       "positions_per_s": statistics.mean(positions) / step_s,
@@ -90,6 +92,7 @@ def main() -> None:
   p.add_argument("--dtypes", default="float32")
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--position_budget", type=float, default=1.0)
+  p.add_argument("--score_chunk", type=int, default=0)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -108,6 +111,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", f"--head={head}", f"--loss={loss}",
                f"--dtype={dtype}", f"--dataset={args.dataset}", f"--encoder={args.encoder}",
                f"--batch_size={args.batch_size}", f"--position_budget={args.position_budget}",
+               f"--score_chunk={args.score_chunk}",
                f"--steps={args.steps}", f"--warmup={args.warmup}"]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                            env={**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")})
