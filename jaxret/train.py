@@ -149,10 +149,10 @@ def score_positions(model: RetrievalModel, variables: Any, queries: jax.Array,
   """
 
   def score(q, t, n, key):
-    kw = dict(deterministic=False, rngs={"dropout": key}, mutable=["aux_loss"])
-    pos, v1 = model.apply(variables, q, t[:, None], method=RetrievalModel.score, **kw)
-    neg, v2 = model.apply(variables, q, n, method=RetrievalModel.score, **kw)
-    return pos[:, 0], neg, _aux_sum(v1) + _aux_sum(v2)
+    (pos, neg), variables_out = model.apply(
+        variables, q, t, n, method=RetrievalModel.score_pos_neg, deterministic=False,
+        rngs={"dropout": key}, mutable=["aux_loss"])
+    return pos, neg, _aux_sum(variables_out)
 
   t_len = queries.shape[0]
   if chunk <= 0 or chunk >= t_len:

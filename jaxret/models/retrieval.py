@@ -43,9 +43,27 @@ class RetrievalModel(nn.Module):
       targets = targets.reshape(-1)[positions]
       if negatives.ndim > 1:
         negatives = negatives.reshape(-1, negatives.shape[-1])[positions]
-    pos = self.score(queries, targets[..., None], deterministic=deterministic)[..., 0]
-    neg = self.score(queries, negatives, deterministic=deterministic)
+    pos, neg = self.score_pos_neg(queries, targets, negatives, deterministic=deterministic)
     return queries, targets, negatives, pos, neg
+
+  def score_pos_neg(self, queries: jax.Array, targets: jax.Array, negatives: jax.Array, *,
+                    deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """queries (..., D) against their targets (...) and negatives (R,) or (..., R).
+
+    Returns pos (...) and neg (..., R). A head with separate query and item sides (MoL)
+    computes the query side once for both candidate sets.
+    """
+    target_vecs = self.encoder.embed_items(targets[..., None])
+    negative_vecs = self.encoder.embed_items(negatives)
+    if hasattr(self.head, "query_side"):
+      q_side = self.head.query_side(queries, deterministic=deterministic)
+      pos, neg = (self.head.score_sides(q_side, self.head.item_side(v, deterministic=deterministic),
+                                        deterministic=deterministic)
+                  for v in (target_vecs, negative_vecs))
+    else:
+      pos = self.head(queries, target_vecs, deterministic=deterministic)
+      neg = self.head(queries, negative_vecs, deterministic=deterministic)
+    return pos[..., 0], neg
 
   def encode(self, inputs: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """(B, L) int32 -> (B, L, D) queries; position t sees items at positions <= t."""
