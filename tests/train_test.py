@@ -273,3 +273,22 @@ def test_more_epochs_continue_a_finished_run(tiny_dir, tmp_path):
   epochs = [json.loads(ln)["epoch"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
             if json.loads(ln)["split"] == "train"]
   assert epochs == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path,
+                                                                         monkeypatch):
+  from jaxret import losses as losses_lib
+  config = tiny_config(tiny_dir, head="dot", **{"train.epochs": 1})
+  train.train_and_evaluate(config, tmp_path, log=lambda s: None)
+  good = sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir())
+  real_ss = losses_lib.LOSSES.get("ss")
+
+  def nan_ss(*args, **kwargs):
+    loss_sum, weight = real_ss(*args, **kwargs)
+    return loss_sum * jnp.nan, weight
+
+  monkeypatch.setitem(losses_lib.LOSSES._entries, "ss", nan_ss)
+  config.train.epochs = 2
+  with pytest.raises(train.TrainingError, match=r"non-finite loss \(nan\) at step 4 \(epoch 2\)"):
+    train.train_and_evaluate(config, tmp_path, log=lambda s: None)
+  assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == good
