@@ -185,7 +185,9 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   shared = bool(config.shared_negatives)
   aux_weight = float(config.get("mol_aux_weight", 0.0))
   budget = float(config.train.get("position_budget", 1.0))
-  chunk = int(config.train.get("score_chunk", 0))
+  chunk = int(config.train.get("score_chunk", -1))
+  if chunk < 0:  # auto: chunking pays off for MoL's (chunk, R, P) gating, not for cheap heads
+    chunk = 64 if config.head == "mol" else 0
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)
