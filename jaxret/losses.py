@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxret import validation as V
 from jaxret.registry import Registry
 
 Array = jax.Array
@@ -48,6 +49,29 @@ def _neg_valid(neg_scores: Array, neg_valid: Optional[Array]) -> Array:
   return jnp.broadcast_to(jnp.asarray(neg_valid, dtype=bool), neg_scores.shape)
 
 
+def _check_sampled(pos_scores: Array, neg_scores: Array, mask: Array,
+                   neg_valid: Optional[Array], pos_logq: Optional[Array] = None,
+                   neg_logq: Optional[Array] = None) -> None:
+  """Shape/dtype checks shared by the sampled losses (raise ValueError)."""
+  dims = V.check_shape("pos_scores", pos_scores, ("...",))
+  V.check_float("pos_scores", pos_scores, "(...,) logits")
+  V.check_shape("neg_scores", neg_scores, ("...", "R"), dims)
+  V.check_float("neg_scores", neg_scores, "(..., R) logits")
+  V.check_shape("mask", mask, ("...",), dims)
+  V.check_real("mask", mask, "(...,) bool/float weights")
+  neg_shape = V.shape_of(neg_scores)
+  if neg_valid is not None:
+    V.check_broadcastable("neg_valid", neg_valid, neg_shape, "neg_scores (..., R)")
+    V.check_bool_or_int("neg_valid", neg_valid, "(..., R) bool")
+  if pos_logq is not None:
+    V.check_broadcastable("pos_logq", pos_logq, V.shape_of(pos_scores),
+                          "pos_scores (...,)")
+    V.check_float("pos_logq", pos_logq, "(...,) log-probabilities")
+  if neg_logq is not None:
+    V.check_broadcastable("neg_logq", neg_logq, neg_shape, "neg_scores (..., R)")
+    V.check_float("neg_logq", neg_logq, "(..., R) log-probabilities")
+
+
 def valid_negatives(pos_ids: Array, neg_ids: Array) -> Array:
   """``(B, L, R)`` bool: negatives that are real items other than the target.
 
@@ -77,7 +101,12 @@ def bce_loss(pos_scores: Array, neg_scores: Array, mask: Array,
 
   Returns:
     ``(loss_sum, weight_sum)`` float32 scalars.
+
+  Raises:
+    ValueError: on shapes/dtypes other than the above (leading dims ``...``
+      may be any, e.g. flattened ``(T,)``, but must agree).
   """
+  _check_sampled(pos_scores, neg_scores, mask, neg_valid)
   pos = _clean(pos_scores, mask)
   neg = _clean(neg_scores, mask)
   valid = _neg_valid(neg, neg_valid)
@@ -112,7 +141,12 @@ def sampled_softmax_loss(pos_scores: Array, neg_scores: Array, mask: Array,
 
   Returns:
     ``(loss_sum, weight_sum)`` float32 scalars.
+
+  Raises:
+    ValueError: on shapes/dtypes other than the above (leading dims ``...``
+      may be any, but must agree).
   """
+  _check_sampled(pos_scores, neg_scores, mask, neg_valid, pos_logq, neg_logq)
   pos = _clean(pos_scores, mask)
   neg = _clean(neg_scores, mask)
   if pos_logq is not None:
@@ -138,7 +172,17 @@ def full_softmax_loss(all_scores: Array, targets: Array,
 
   Returns:
     ``(loss_sum, weight_sum)`` float32 scalars.
+
+  Raises:
+    ValueError: on shapes/dtypes other than the above (leading dims may be
+      any, e.g. flattened ``(T,)``, but must agree); non-integer targets.
   """
+  dims = V.check_shape("all_scores", all_scores, ("...", "N+1"))
+  V.check_float("all_scores", all_scores, "(..., N+1) logits")
+  V.check_shape("targets", targets, ("...",), dims)
+  V.check_int("targets", targets, "(...,) item ids")
+  V.check_shape("mask", mask, ("...",), dims)
+  V.check_real("mask", mask, "(...,) bool/float weights")
   logits = _clean(all_scores, mask)
   logits = logits.at[..., 0].set(-jnp.inf)
   # Masked positions may carry target 0; point them at a real column.

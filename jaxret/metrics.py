@@ -29,36 +29,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxret import validation as V
+
 DEFAULT_KS = (1, 10, 50, 200, 500)
 
 ScoreFn = Callable[[jax.Array], jax.Array]
 
 
-def _targets_2d(targets: jax.Array, batch: int) -> tuple[jax.Array, bool]:
-  """Returns targets as int32 `(B, T)` and whether the input was `(B,)`."""
-  targets = jnp.asarray(targets)
-  if not jnp.issubdtype(targets.dtype, jnp.integer):
-    raise TypeError(f"targets must be integer item ids, got {targets.dtype}")
-  targets = targets.astype(jnp.int32)
+def _targets_2d(targets: jax.Array, batch: Optional[int]) -> tuple[jax.Array, bool]:
+  """Returns targets as int32 `(B, T)` and whether the input was `(B,)`.
+
+  `batch` is the batch size B the targets must have (None: taken from them).
+  """
+  dims = {} if batch is None else {"B": batch}
+  V.check_rank("targets", targets, [("B",), ("B", "T")], dims)
+  V.check_int("targets", targets, "(B,) or (B, T) item ids")
+  targets = jnp.asarray(targets).astype(jnp.int32)
   if targets.ndim == 1:
-    targets, squeeze = targets[:, None], True
-  elif targets.ndim == 2:
-    squeeze = False
-  else:
-    raise ValueError(f"targets must be (B,) or (B, T), got shape {targets.shape}")
-  if targets.shape[0] != batch:
-    raise ValueError(f"targets have batch {targets.shape[0]}, scores have {batch}")
-  return targets, squeeze
+    return targets[:, None], True
+  return targets, False
 
 
 def _check_exclude(exclude_ids: jax.Array, batch: int) -> jax.Array:
-  exclude_ids = jnp.asarray(exclude_ids)
-  if exclude_ids.ndim != 2 or exclude_ids.shape[0] != batch:
-    raise ValueError(
-        f"exclude_ids must be (B={batch}, H), got shape {exclude_ids.shape}")
-  if not jnp.issubdtype(exclude_ids.dtype, jnp.integer):
-    raise TypeError(f"exclude_ids must be integer item ids, got {exclude_ids.dtype}")
-  return exclude_ids.astype(jnp.int32)
+  V.check_shape("exclude_ids", exclude_ids, ("B", "H"), {"B": batch})
+  V.check_int("exclude_ids", exclude_ids, "(B, H) item ids")
+  return jnp.asarray(exclude_ids).astype(jnp.int32)
 
 
 def _count_ahead(scores: jax.Array, item_ids: jax.Array, candidate: jax.Array,
@@ -116,9 +111,9 @@ def ranks_from_scores(scores: jax.Array, targets: jax.Array,
   Returns:
     int32 ranks, `(B,)` (or `(B, T)` for 2-D targets).
   """
+  V.check_shape("scores", scores, ("B", "N+1"))
+  V.check_real("scores", scores, "(B, N+1) scores")
   scores = jnp.asarray(scores)
-  if scores.ndim != 2:
-    raise ValueError(f"scores must be (B, N+1), got shape {scores.shape}")
   batch = scores.shape[0]
   targets, squeeze = _targets_2d(targets, batch)
   if exclude_ids is not None:
@@ -173,16 +168,14 @@ def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
   num_items = int(num_items)
   chunk = min(int(chunk_size), num_items)
   num_chunks = -(-num_items // chunk)
-  targets = jnp.asarray(targets)
-  batch = targets.shape[0] if targets.ndim else 0
-  targets, squeeze = _targets_2d(targets, batch)
+  targets, squeeze = _targets_2d(targets, None)
+  batch = targets.shape[0]
 
   out = jax.eval_shape(score_fn, jax.ShapeDtypeStruct((chunk,), jnp.int32))
   if out.shape != (batch, chunk):
-    raise ValueError(f"score_fn must map ({chunk},) ids to ({batch}, {chunk}) "
-                     f"scores, got {out.shape}")
-  if not jnp.issubdtype(out.dtype, jnp.floating):
-    raise TypeError(f"score_fn must return float scores, got {out.dtype}")
+    raise V.shape_error(f"score_fn output for ({chunk},) ids", ("B", "C"), out.shape,
+                        {"B": batch, "C": chunk})
+  V.check_float("score_fn output", out, "(B, C) scores")
 
   offsets = jnp.arange(chunk, dtype=jnp.int32)
   rows = jnp.arange(batch)[:, None]
@@ -205,12 +198,12 @@ def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
     init = jnp.full(targets.shape, jnp.nan, out.dtype)
     target_scores = jax.lax.fori_loop(0, num_chunks, find_body, init)
   else:
+    V.check_shape("target_scores", target_scores, ("B",) if squeeze else ("B", "T"),
+                  {"B": batch, "T": targets.shape[1]})
+    V.check_real("target_scores", target_scores, "scores shaped like targets")
     target_scores = jnp.asarray(target_scores, out.dtype)
     if squeeze:
       target_scores = target_scores[..., None]
-    if target_scores.shape != targets.shape:
-      raise ValueError(f"target_scores shape {target_scores.shape} does not "
-                       f"match targets {targets.shape}")
     target_scores = jnp.where(target_valid, target_scores, jnp.nan)
 
   if exclude_ids is not None:
@@ -232,11 +225,7 @@ def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
-  ks = tuple(ks)
-  for k in ks:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-      raise ValueError(f"cutoffs must be positive ints, got {ks!r}")
-  return tuple(int(k) for k in ks)
+  return V.check_positive_ints("ks", ks)
 
 
 def metrics_from_ranks(ranks: jax.Array,
@@ -252,6 +241,8 @@ def metrics_from_ranks(ranks: jax.Array,
     one target), `ndcg@K` (1/log2(rank+2) if rank < K else 0) for each K, and
     `mrr` (1/(rank+1), no cutoff).
   """
+  V.check_shape("ranks", ranks, ("B",))
+  V.check_int("ranks", ranks, "(B,) ranks")
   ks = _check_ks(ks)
   hit, ndcg, mrr = _single_target(jnp.asarray(ranks), jnp.asarray(ks, jnp.int32))
   out = {}
@@ -302,11 +293,12 @@ def multi_target_metrics(
     `weights` `(B,)` float32 is 1 for rows with at least one target, 0
     otherwise; pass it (times any padding mask) to `MetricAccumulator`.
   """
+  dims = V.check_shape("ranks", ranks, ("B", "T"))
+  V.check_int("ranks", ranks, "(B, T) ranks")
+  V.check_shape("target_mask", target_mask, ("B", "T"), dims)
+  V.check_bool_or_int("target_mask", target_mask, "(B, T) bool")
   ranks = jnp.asarray(ranks)
   mask = jnp.asarray(target_mask, bool)
-  if ranks.ndim != 2 or mask.shape != ranks.shape:
-    raise ValueError(f"ranks and target_mask must both be (B, T), got "
-                     f"{ranks.shape} and {mask.shape}")
   ks = _check_ks(ks)
   hr, recall, ndcg, mrr, weights = _multi_target(
       ranks, mask, jnp.asarray(ks, jnp.int32))

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxret import validation as V
 from jaxret.errors import ConfigError
 from jaxret.registry import Registry
 
@@ -60,6 +61,35 @@ def l2_normalize(x: Array, eps: float = _NORM_EPS) -> Array:
   x32 = x.astype(jnp.float32)
   inv = jax.lax.rsqrt(jnp.maximum(jnp.sum(x32 * x32, axis=-1, keepdims=True), eps))
   return (x32 * inv).astype(x.dtype)
+
+
+def _check_query(query: Array, dim: str = "D") -> int:
+  """query must be (..., D) float; returns D."""
+  V.check_shape("query", query, ("...", dim))
+  V.check_float("query", query, f"(..., {dim}) embeddings")
+  return V.shape_of(query)[-1]
+
+
+def _check_items(items: Array, dim: str = "D", size: Optional[int] = None) -> None:
+  """items must be (..., K, D) float, with D == `size` when given."""
+  V.check_shape("items", items, ("...", "K", dim), {} if size is None else {dim: size})
+  V.check_float("items", items, f"(..., K, {dim}) embeddings")
+
+
+def _check_broadcast(query: Array, items: Array, dq: str = "D", di: str = "D") -> None:
+  V.check_broadcast_leading("query", query, 1, "items", items, 2,
+                            f"(..., {dq})", f"(..., K, {di})")
+
+
+def _check_inputs(query: Array, items: Array, same_dim: bool) -> None:
+  """Validates a head's (query, items) pair; raises ValueError."""
+  if same_dim:
+    _check_items(items, "D", _check_query(query, "D"))
+    _check_broadcast(query, items)
+  else:
+    _check_query(query, "D_Q")
+    _check_items(items, "D_I")
+    _check_broadcast(query, items, "D_Q", "D_I")
 
 
 def _activation(name: str):
@@ -102,7 +132,11 @@ class DotHead(nn.Module):
 
     Returns:
       (..., K) scores.
+
+    Raises:
+      ValueError: wrong ranks, dims or dtypes of query/items.
     """
+    _check_inputs(query, items, same_dim=True)
     query = jnp.asarray(query, self.dtype)
     items = jnp.asarray(items, self.dtype)
     if self.dropout > 0.0:
@@ -154,7 +188,11 @@ class MLPHead(nn.Module):
 
     Returns:
       (..., K) logits.
+
+    Raises:
+      ValueError: wrong ranks, dims or dtypes of query/items.
     """
+    _check_inputs(query, items, same_dim=True)
     if not self.hidden:
       raise ConfigError("MLPHead needs at least one hidden layer, e.g. hidden=(256, 128)")
     act = _activation(self.activation)
@@ -240,7 +278,11 @@ class FMHead(nn.Module):
 
     Returns:
       (..., K) scores.
+
+    Raises:
+      ValueError: wrong ranks or dtypes of query/items.
     """
+    _check_inputs(query, items, same_dim=False)
     query = jnp.asarray(query, self.dtype)
     items = jnp.asarray(items, self.dtype)
     if self.dropout > 0.0:
@@ -292,7 +334,11 @@ class NeuralFMHead(nn.Module):
 
     Returns:
       (..., K) scores.
+
+    Raises:
+      ValueError: wrong ranks or dtypes of query/items.
     """
+    _check_inputs(query, items, same_dim=False)
     query = jnp.asarray(query, self.dtype)
     items = jnp.asarray(items, self.dtype)
     w0 = self.param("w0", nn.initializers.zeros, (), jnp.float32).astype(self.dtype)
@@ -507,7 +553,13 @@ class MoLHead(nn.Module):
 
     Returns:
       MoLQuerySide(components (..., P_Q', d), gate (..., P) or None).
+
+    Raises:
+      ValueError: query not (..., D_Q) float; user_ids missing or not integer.
     """
+    _check_query(query, "D_Q")
+    if self.uses_user_components and user_ids is not None:
+      V.check_int("user_ids", user_ids, "(...) user ids")
     query = jnp.asarray(query, self.dtype)
     x = self.query_input_dropout(query, deterministic=deterministic)
     if self.query_hidden > 0:
@@ -534,7 +586,11 @@ class MoLHead(nn.Module):
 
     Returns:
       MoLItemSide(components (..., K, P_X, d), gate (..., K, P) or None).
+
+    Raises:
+      ValueError: items not (..., K, D_I) float.
     """
+    _check_items(items, "D_I")
     items = jnp.asarray(items, self.dtype)
     x = self.item_input_dropout(items, deterministic=deterministic)
     if self.item_hidden > 0:
@@ -616,7 +672,11 @@ class MoLHead(nn.Module):
 
     Returns:
       (..., K) scores.
+
+    Raises:
+      ValueError: wrong ranks or dtypes of query/items (or user_ids).
     """
+    _check_inputs(query, items, same_dim=False)
     q_side = self.query_side(query, user_ids, deterministic=deterministic)
     i_side = self.item_side(items, deterministic=deterministic)
     return self.score_sides(q_side, i_side, deterministic=deterministic)
