@@ -362,3 +362,21 @@ def test_download_from_a_local_mirror(tmp_path, monkeypatch):
   monkeypatch.setitem(sources.DATASETS, "ml-1m", sources.DatasetSpec("ml-1m", spec.files, bad))
   with pytest.raises(DataError, match="md5 .* != expected 0000"):
     data.download("ml-1m", str(tmp_path / "data2"), str(tmp_path / "cache2"), progress=False)
+
+
+@pytest.mark.parametrize("protocol", ["loo", "ratio"])
+def test_no_evaluation_target_leaks_into_training(protocol):
+  """Every (input, target) pair a training batch holds is an interaction of the training part:
+  chronologically before every validation and test example of its user."""
+  seqs = synthetic_sequences(num_users=60, num_items=10, seed=5)
+  sp = splits.make_split(seqs, protocol, min_history=2)
+  held_out = {(int(u), int(p)) for ex in (sp.valid, sp.test) for u, p in zip(ex.users, ex.positions)}
+  tb = batches.TrainBatches(seqs, sp, max_len=50, batch_size=8)
+  for b in tb.epoch(seed=0, epoch=0):
+    for r in np.flatnonzero(b["users"] >= 0):
+      u = int(b["users"][r])
+      n_train = int(sp.train_len[u])
+      used = b["targets"][r][b["mask"][r] > 0]
+      # The training window is the user's first n_train items: no held-out position inside.
+      assert all((u, p) not in held_out for p in range(n_train))
+      np.testing.assert_array_equal(used, seqs.user_items(u)[1:n_train][-len(used):])

@@ -292,3 +292,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_di
   with pytest.raises(train.TrainingError, match=r"non-finite loss \(nan\) at step 4 \(epoch 2\)"):
     train.train_and_evaluate(config, tmp_path, log=lambda s: None)
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == good
+
+
+def test_same_seed_same_metrics_different_seed_different(tiny_dir, tmp_path):
+  results = []
+  for i, seed in enumerate((0, 0, 1)):
+    config = tiny_config(tiny_dir, head="dot", seed=seed, **{"train.epochs": 2})
+    config.sasrec.dropout = 0.2  # randomness on: dropout, negatives and shuffling all seeded
+    results.append(train.train_and_evaluate(config, tmp_path / str(i), log=lambda s: None))
+  keys = [k for k in results[0] if k != "train_time"]
+  assert all(results[0][k] == results[1][k] for k in keys)
+  assert any(results[0][k] != results[2][k] for k in keys)
