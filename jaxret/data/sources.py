@@ -212,10 +212,9 @@ def _split_table(text: str, path: Path, sep: str, ncols: int, layout: str,
   '::' files parsed on ':'), used in error messages.
   """
   user_sep, user_ncols = user_sep or sep, user_ncols or ncols
-  lines = text.splitlines()
   start = 1 if header else 0
-  body = [ln for ln in lines[start:]]
-  if not any(ln.strip() for ln in body):
+  body = text.split("\n", 1)[1] if header and "\n" in text else ("" if header else text)
+  if not body.strip():
     raise DataError(f"{path}: the file has no interactions; expected lines like {layout!r}")
   # Fast path: pandas' C parser on the text.
   try:
@@ -225,7 +224,8 @@ def _split_table(text: str, path: Path, sep: str, ncols: int, layout: str,
     df = None
     err = e
   if df is None or df.shape[1] != ncols:
-    for i, ln in enumerate(lines[start:], start=start + 1):
+    # Slow path, only to name the offending line.
+    for i, ln in enumerate(text.splitlines()[start:], start=start + 1):
       if ln.strip() and len(ln.split(sep)) != ncols:
         found = len(ln.split(user_sep))
         raise DataError(
