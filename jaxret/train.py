@@ -146,24 +146,38 @@ def score_positions(model: RetrievalModel, variables: Any, queries: jax.Array,
   positions are scored by a `lax.map` over chunks under `jax.checkpoint`, so a head's
   (chunk, R, ...) intermediates stay small and are recomputed in the backward pass instead
   of being stored: about 2x faster for MoL on CPU. Dropout keys differ per chunk.
+  A sided head (MoL) computes its query side of all T positions, and the item side of
+  shared negatives, once outside the chunks (they are not recomputed in the backward pass).
   """
+  sided = model.has_sides
+  per_position = negatives.ndim > 1
+  if sided:
+    q_key, n_key, rng = jax.random.split(rng, 3)
+    queries = model.apply(variables, queries, method=RetrievalModel.query_sides,
+                          deterministic=False, rngs={"dropout": q_key})
+    if not per_position:
+      negatives = model.apply(variables, negatives, method=RetrievalModel.item_sides,
+                              deterministic=False, rngs={"dropout": n_key})
 
   def score(q, t, n, key):
+    method = RetrievalModel.score_sides_pos_neg if sided else RetrievalModel.score_pos_neg
     (pos, neg), variables_out = model.apply(
-        variables, q, t, n, method=RetrievalModel.score_pos_neg, deterministic=False,
+        variables, q, t, n, method=method, deterministic=False,
         rngs={"dropout": key}, mutable=["aux_loss"])
     return pos, neg, _aux_sum(variables_out)
 
-  t_len = queries.shape[0]
+  t_len = targets.shape[0]
   if chunk <= 0 or chunk >= t_len:
     return score(queries, targets, negatives, rng)
   n_chunks = -(-t_len // chunk)
   pad = n_chunks * chunk - t_len
-  q = jnp.pad(queries, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1)
-  t = jnp.pad(targets, (0, pad)).reshape(n_chunks, chunk)
-  per_position = negatives.ndim > 1
-  n = (jnp.pad(negatives, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1) if per_position
-       else jnp.zeros((n_chunks,), jnp.int32))
+
+  def split(x):  # (T, ...) -> (n_chunks, chunk, ...)
+    x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+    return x.reshape((n_chunks, chunk) + x.shape[1:])
+
+  q = jax.tree.map(split, queries)
+  n = split(negatives) if per_position else jnp.zeros((n_chunks,), jnp.int32)
   keys = jax.random.split(rng, n_chunks)
 
   @jax.checkpoint
@@ -171,7 +185,7 @@ def score_positions(model: RetrievalModel, variables: Any, queries: jax.Array,
     qc, tc, nc, key = args
     return score(qc, tc, nc if per_position else negatives, key)
 
-  pos, neg, aux = jax.lax.map(one_chunk, (q, t, n, keys))
+  pos, neg, aux = jax.lax.map(one_chunk, (q, split(targets), n, keys))
   return (pos.reshape(-1)[:t_len], neg.reshape(n_chunks * chunk, -1)[:t_len],
           jnp.mean(aux))
 
@@ -187,7 +201,7 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   budget = float(config.train.get("position_budget", 1.0))
   chunk = int(config.train.get("score_chunk", -1))
   if chunk < 0:  # auto: chunking pays off for MoL's (chunk, R, P) gating, not for cheap heads
-    chunk = 64 if config.head == "mol" else 0
+    chunk = 32 if config.head == "mol" else 0
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)

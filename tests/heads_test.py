@@ -529,3 +529,16 @@ def test_registry():
 def test_models_package_reexports_heads():
   import jaxret.models as models
   assert models.HEADS is HEADS
+
+
+@pytest.mark.parametrize("shape", [(4000, 32), (3000, 7)])
+def test_byte_keep_mask_rate_shape_and_keys(shape):
+  """One random byte per element: shape kept (also when P is not a multiple of 4), drop
+  rate = round(256 * rate) / 256 within sampling noise, different keys differ."""
+  m = np.asarray(H.byte_keep_mask(_key(0), shape, 0.2))
+  assert m.shape == shape and m.dtype == bool
+  assert abs(1.0 - m.mean() - 51 / 256) < 0.005
+  assert not np.array_equal(m, np.asarray(H.byte_keep_mask(_key(1), shape, 0.2)))
+  assert np.asarray(H.byte_keep_mask(_key(0), shape, 0.0)).all()
+  # Neighbouring components are independent (bytes of one word are not correlated).
+  assert abs(np.corrcoef(m[:, 0], m[:, 1])[0, 1]) < 0.05

