@@ -24,6 +24,10 @@ class Checkpointer:
 
   def save(self, kind: str, step: int, tree: Any, meta: dict[str, Any]) -> None:
     mngr = self._managers[kind]
+    if step in mngr.all_steps():
+      # A resumed run replays the epochs after the latest checkpoint; a 'best' saved by the
+      # killed run in that stretch is superseded by the replay's.
+      mngr.delete(step)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()

@@ -326,12 +326,73 @@ class _Logger:
           self.tb.add_scalar(f"{record.get('split', 'train')}/{k}", v, record["step"])
       self.tb.flush()
 
+  def truncate_after(self, epoch: int) -> None:
+    """Drops records of epochs after `epoch`, test records and a half-written last line:
+    what a run killed after its last checkpoint logged, before it is replayed on resume."""
+    if not self.active or not self.path.exists():
+      return
+    kept = []
+    for line in self.path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record.get("epoch", 0) <= epoch and record.get("split") != "test":
+        kept.append(line)
+    tmp = self.path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(self.path)
+
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
 
 
+def _metric_cutoff(metric: str) -> int | None:
+  """k of 'hr@k' / 'ndcg@k' / 'recall@k'; None for 'mrr'; ConfigError for anything else."""
+  name, at, k = metric.partition("@")
+  if metric == "mrr":
+    return None
+  if name not in ("hr", "ndcg", "recall") or not at or not k.isdigit() or int(k) < 1:
+    raise ConfigError(f"unknown --config.eval.metric {metric!r}; use hr@K, ndcg@K, recall@K "
+                      f"(K in --config.eval.ks) or mrr, e.g. ndcg@10")
+  return int(k)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks what can be checked without data, so a bad value fails before anything is read
+  or written: names, positive sizes, cutoffs and the validation metric."""
+  build_model(config, 1)  # encoder, head and loss names, and their options
+  data_lib.sources.get_spec(config.dataset)
+  if config.protocol not in data_lib.PROTOCOLS:
+    raise ConfigError(f"unknown protocol {config.protocol!r}; valid names: "
+                      f"{', '.join(data_lib.PROTOCOLS)}")
+  for field, value in (("train.batch_size", config.train.batch_size),
+                       ("eval.batch_size", config.eval.batch_size),
+                       ("train.epochs", config.train.epochs),
+                       ("eval.every_epochs", config.eval.every_epochs),
+                       ("eval.chunk_size", config.eval.chunk_size),
+                       ("max_len", config.max_len)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      if field == "train.epochs":
+        raise ConfigError(f"--epochs (--config.train.epochs) must be a positive integer, got "
+                          f"{value!r}; to evaluate a finished run use `python -m "
+                          f"experiments.evaluate --workdir=...`")
+      raise ConfigError(f"--config.{field} must be a positive integer, got {value!r}")
+  ks = config.eval.ks
+  ks = tuple(ks) if isinstance(ks, (tuple, list)) else (ks,)
+  if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+    raise ConfigError(f"--config.eval.ks must be positive integer cutoffs, e.g. (1,10,50), "
+                      f"got {ks!r}")
+  metric_k = _metric_cutoff(config.eval.metric)
+  if metric_k is not None and metric_k not in ks:
+    raise ConfigError(f"--config.eval.metric={config.eval.metric} needs the cutoff {metric_k} "
+                      f"in --config.eval.ks={ks}; add it or pick another metric")
+
+
 def _check_workdir(workdir: Path) -> None:
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"workdir {workdir} is a file, not a folder; pass another --workdir")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f".write_test.{jax.process_index()}"  # processes may share the workdir
@@ -404,6 +465,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   train_step = jax.jit(make_train_step(model, config, num_items), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, config, num_items))
   logger = _Logger(workdir)
+  if restored is not None:
+    logger.truncate_after(meta["epoch"])
   metric = config.eval.metric
   t_start = time.time() - meta["train_time"]
 
