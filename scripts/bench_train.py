@@ -1,7 +1,8 @@
 """Training-step benchmark: compile time, step time, throughput, memory, recompilations.
 
   python scripts/bench_train.py [--out=results/bench_train.json] [--heads=dot,mlp,fm,neural_fm,mol]
-      [--losses=bce,ss] [--dtypes=float32] [--steps=10] [--batch_size=128]
+      [--losses=bce,ss] [--dtypes=float32] [--steps=10] [--batch_size=64]
+      [--position_budget=0.6] [--score_chunk=-1]
 
 Each (encoder, head, loss, dtype) runs in its own subprocess (so peak RSS is its own) on the
 real `ml-1m-half` shapes (set JAXRET_DATA_DIR). Prints ratios measured in the same run:
@@ -69,6 +70,12 @@ def measure(args: argparse.Namespace) -> dict:
       times.append(time.perf_counter() - t)
       positions.append(float(m["positions"]))
   step_s = statistics.median(times)
+  # XLA's cost analysis counts a loop body once, so count FLOPs on the unchunked step.
+  unchunked = c.copy_and_resolve_references()
+  unchunked.train.score_chunk = 0
+  cost = jax.jit(train.make_train_step(model, unchunked, seqs.num_items)).lower(
+      state, sharding.shard_batch(batch, mesh), rng).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {
       "encoder": c.encoder, "head": c.head, "loss": c.loss, "dtype": args.dtype,
       "batch": c.train.batch_size, "position_budget": c.train.position_budget,
@@ -78,6 +85,8 @@ def measure(args: argparse.Namespace) -> dict:
       "positions_per_s": statistics.mean(positions) / step_s,
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "compiles_after_first": step._cache_size() - 1,
+      "gflops_per_step": float(cost.get("flops", float("nan"))) / 1e9,
+      "achieved_gflops_per_s": float(cost.get("flops", float("nan"))) / 1e9 / step_s,
       "steps_timed": len(times),
   }
 
@@ -90,9 +99,9 @@ def main() -> None:
   p.add_argument("--heads", default="dot,mlp,fm,neural_fm,mol")
   p.add_argument("--losses", default="bce,ss")
   p.add_argument("--dtypes", default="float32")
-  p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--position_budget", type=float, default=1.0)
-  p.add_argument("--score_chunk", type=int, default=0)
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--position_budget", type=float, default=0.6)
+  p.add_argument("--score_chunk", type=int, default=-1, help="-1: the trainer's auto choice")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -122,6 +131,7 @@ def main() -> None:
         rec = json.loads(line[0][len("RESULT "):])
         records.append(rec)
         print(f"{args.encoder:6s} {head:9s} {loss:4s} {dtype:8s} step {rec['step_ms']:8.1f} ms  "
+              f"{rec['gflops_per_step']:6.1f} GFLOP ({rec['achieved_gflops_per_s']:5.1f}/s)  "
               f"compile {rec['compile_s']:5.1f} s  {rec['positions_per_s']:9.0f} pos/s  "
               f"rss {rec['peak_rss_mb']:6.0f} MB  recompiles {rec['compiles_after_first']}",
               flush=True)
@@ -130,7 +140,9 @@ def main() -> None:
     dot = by.get(("dot", loss, dtype))
     if dot and head != "dot":
       r["step_ratio_vs_dot"] = r["step_ms"] / dot["step_ms"]
-      print(f"ratio {head}/dot ({loss}, {dtype}): {r['step_ratio_vs_dot']:.2f}x")
+      r["flops_ratio_vs_dot"] = r["gflops_per_step"] / dot["gflops_per_step"]
+      print(f"ratio {head}/dot ({loss}, {dtype}): step {r['step_ratio_vs_dot']:.2f}x, "
+            f"FLOPs {r['flops_ratio_vs_dot']:.2f}x")
     fp32 = by.get((head, loss, "float32"))
     if fp32 and dtype == "bfloat16":
       r["step_ratio_vs_fp32"] = r["step_ms"] / fp32["step_ms"]
