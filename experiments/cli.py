@@ -1,8 +1,9 @@
 """Shared entry-point plumbing: flags common to every command, one-line errors."""
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 from absl import app, flags, logging
 
@@ -34,8 +35,31 @@ def run_main(main: Callable[[list[str]], None]) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag reported in one line and exit status 2."""
-  try:
+  with flag_errors_in_one_line():
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}; run with --helpshort to list the flags", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def flag_errors_in_one_line() -> Iterator[None]:
+  """Turns a bad flag into one `error:` line and exit status 2.
+
+  Also wraps `config_flags.DEFINE_config_*`: without an explicit `--config=FILE` the
+  `--config.FIELD=VALUE` overrides are read when the flag is defined, at import, where a
+  misspelt field raises `AttributeError(KeyError(...))` rather than a `flags.Error`.
+  """
+  try:
+    yield
+  except (flags.Error, AttributeError, KeyError) as e:
+    print(f"error: {_flag_error_text(e)}; run with --helpshort to list the flags",
+          file=sys.stderr)
     sys.exit(2)
+
+
+def _flag_error_text(e: BaseException) -> str:
+  while isinstance(e, (AttributeError, KeyError)) and e.args and isinstance(e.args[0],
+                                                                            BaseException):
+    e = e.args[0]  # ConfigDict wraps the KeyError naming the field in an AttributeError
+  text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  if isinstance(e, (AttributeError, KeyError)):
+    text = f"unknown config field {text}"
+  return "; ".join(ln.strip() for ln in str(text).splitlines() if ln.strip())  # one line

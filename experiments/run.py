@@ -18,9 +18,10 @@ from ml_collections import config_flags
 from experiments import cli
 from jaxret import distributed, train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(Path(__file__).resolve().parent / "configs" / "default.py"), "Configuration file (fields overridable).",
-    lock_config=True)
+with cli.flag_errors_in_one_line():  # reads the --config.FIELD overrides now, at import
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", str(Path(__file__).resolve().parent / "configs" / "default.py"),
+      "Configuration file (fields overridable).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard, test_metrics.json;"
                     " default: workdirs/<dataset>-<encoder>-<head>-<loss>-<protocol>-s<seed>.")
 flags.DEFINE_string("dataset", None, "Dataset name (overrides config.dataset).")

@@ -257,15 +257,27 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   return train_step
 
 
+def eval_cutoffs(config: ml_collections.ConfigDict, num_items: int) -> tuple[int, ...]:
+  """The cutoffs of --config.eval.ks that fit the catalog; larger ones are skipped (HR@k of
+  a k beyond the catalog is trivially 1). Every cutoff too large, or the validation metric's,
+  is an error."""
+  ks = tuple(int(k) for k in config.eval.ks)
+  kept = tuple(k for k in ks if k <= num_items)
+  if not kept:
+    raise ConfigError(f"every cutoff in --config.eval.ks={ks} is larger than the {num_items} "
+                      f"items of the catalog; use cutoffs <= {num_items}")
+  metric_k = _metric_cutoff(config.eval.metric)
+  if metric_k is not None and metric_k > num_items:
+    raise ConfigError(f"--config.eval.metric={config.eval.metric} needs a cutoff <= the "
+                      f"{num_items} items of the catalog; pick e.g. ndcg@{kept[-1]}")
+  return kept
+
+
 def make_eval_step(model: RetrievalModel, config: ml_collections.ConfigDict,
                    num_items: int) -> Callable:
   """Returns `eval_step(params, batch) -> {metric: weighted sum, 'weight': sum}`."""
-  ks = tuple(int(k) for k in config.eval.ks)
+  ks = eval_cutoffs(config, num_items)
   chunk = int(config.eval.chunk_size)
-  if max(ks) > num_items:
-    ks = tuple(k for k in ks if k <= num_items)
-    if not ks:
-      raise ConfigError(f"every cutoff in --config.eval.ks is larger than the {num_items} items")
 
   def eval_step(params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     variables = {"params": params}
@@ -419,16 +431,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   Returns the test metrics.
   """
   workdir = Path(workdir)
-  _check_workdir(workdir)
-  model = build_model(config, 1)  # validates names before any heavy work
+  # Every check runs before the first write, so a rejected run leaves the workdir as it was.
+  validate_config(config)
   mesh = sharding.make_mesh(config.train.num_devices or None)
   sharding.check_divisible(config.train.batch_size, mesh, "--config.train.batch_size")
   sharding.check_divisible(config.eval.batch_size, mesh, "--config.eval.batch_size")
-  if config.eval.metric.split("@")[0] not in ("hr", "ndcg", "recall", "mrr"):
-    raise ConfigError(f"unknown --config.eval.metric {config.eval.metric!r}; use e.g. ndcg@10")
-
+  _check_workdir(workdir)
   seqs, split = load_data(config)
   num_items = seqs.num_items
+  ks = eval_cutoffs(config, num_items)
   model = build_model(config, num_items)
   train_batches = data_lib.TrainBatches(seqs, split, config.max_len, config.train.batch_size)
   valid_batches = data_lib.EvalBatches(
@@ -441,6 +452,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   log(f"{config.dataset}: {seqs.num_users} users, {num_items} items, "
       f"{train_batches.num_examples} training sequences, {len(valid_batches)} valid / "
       f"{len(test_batches)} test examples; {mesh.devices.size} device(s)")
+  for note in data_lib.skipped_users(seqs, split):
+    log(note)
+  if len(ks) < len(config.eval.ks):
+    log(f"--config.eval.ks: skipping {sorted(set(config.eval.ks) - set(ks))}, larger than the "
+        f"{num_items} items of the catalog")
 
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)

@@ -18,15 +18,15 @@ import numpy as np
 from jaxret.data.batches import EvalBatches, TrainBatches, sample_negatives
 from jaxret.data.preprocess import Sequences, build_sequences, stats
 from jaxret.data.sources import DATASETS, default_data_dir, download, find_file, read_raw
-from jaxret.data.splits import PROTOCOLS, Split, make_split
+from jaxret.data.splits import PROTOCOLS, Split, make_split, skipped_users
 
 CACHE_ENV = "JAXRET_CACHE_DIR"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: exact duplicate rows kept once
 
 __all__ = [
     "DATASETS", "PROTOCOLS", "EvalBatches", "Sequences", "Split", "TrainBatches",
     "default_data_dir", "download", "load_sequences", "make_split", "sample_negatives",
-    "stats",
+    "skipped_users", "stats",
 ]
 
 

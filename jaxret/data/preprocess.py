@@ -3,6 +3,10 @@
 Item ids become 1..num_items (0 is reserved for padding), user ids 0..num_users-1, both in
 ascending order of the raw id. Each user's interactions are sorted by timestamp with ties
 broken by file order (a stable sort); without timestamps file order is time order.
+
+Exact duplicate rows (same user, item and timestamp) are one event recorded twice and are
+kept once, before k-core filtering; without timestamps a repeated (user, item) is a repeat
+consumption and is kept.
 """
 from __future__ import annotations
 
@@ -45,12 +49,26 @@ class Sequences:
     return np.diff(self.user_ptr)
 
 
-def kcore_mask(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
+def first_occurrences(*columns: np.ndarray) -> np.ndarray:
+  """(M,) bool mask of the rows whose values in `columns` (each (M,)) no earlier row has."""
+  m = len(columns[0])
+  perm = np.lexsort((np.arange(m),) + columns[::-1])  # grouped by value, file order within
+  same = np.ones(max(m - 1, 0), dtype=bool)
+  for c in columns:
+    same &= c[perm[1:]] == c[perm[:-1]]
+  keep = np.ones(m, dtype=bool)
+  keep[perm[1:][same]] = False
+  return keep
+
+
+def kcore_mask(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int,
+               keep: np.ndarray | None = None) -> np.ndarray:
   """Iterative k-core: keeps rows until every user has >= min_user and item >= min_item rows.
 
-  users, items: (M,) dense int codes. Returns a (M,) bool mask. 0 turns a side's filter off.
+  users, items: (M,) dense int codes; keep: (M,) bool rows to start from (default all).
+  Returns a (M,) bool mask. 0 turns a side's filter off.
   """
-  keep = np.ones(len(users), dtype=bool)
+  keep = np.ones(len(users), dtype=bool) if keep is None else keep.copy()
   if min_user <= 0 and min_item <= 0:
     return keep
   while True:
@@ -74,7 +92,9 @@ def build_sequences(raw: RawInteractions, min_user_interactions: int = 5,
     raise DataError(f"{raw.path}: no interactions")
   _, user_codes = np.unique(raw.users, return_inverse=True)
   _, item_codes = np.unique(raw.items, return_inverse=True)
-  keep = kcore_mask(user_codes, item_codes, min_user_interactions, min_item_interactions)
+  has_ts = raw.timestamps is not None
+  unique = first_occurrences(user_codes, item_codes, raw.timestamps) if has_ts else None
+  keep = kcore_mask(user_codes, item_codes, min_user_interactions, min_item_interactions, unique)
   if not keep.any():
     raise DataError(
         f"{raw.path}: the {min_user_interactions}-core user / {min_item_interactions}-core item "
@@ -83,7 +103,6 @@ def build_sequences(raw: RawInteractions, min_user_interactions: int = 5,
   user_codes, item_codes = user_codes[keep], item_codes[keep]
   _, users = np.unique(user_codes, return_inverse=True)
   _, items = np.unique(item_codes, return_inverse=True)
-  has_ts = raw.timestamps is not None
   times = raw.timestamps[keep] if has_ts else position.astype(np.int64)
   # Global chronological order: by time, ties by file position.
   global_perm = np.lexsort((position, times))

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,7 @@ def _read_text(path: Path) -> str:
   try:
     with _open_text(path) as f:
       return f.read()
-  except (EOFError, gzip.BadGzipFile, OSError, zipfile.BadZipFile) as e:
+  except (EOFError, gzip.BadGzipFile, OSError, zipfile.BadZipFile, zlib.error) as e:
     raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is truncated or "
                     f"corrupted, download it again") from None
 
@@ -191,6 +192,9 @@ def _first_bad(values: pd.Series, path: Path, column: str, line_offset: int = 1)
   numeric = pd.to_numeric(values, errors="coerce")
   bad = numeric.isna() | (numeric < 0) | (numeric != np.floor(numeric))
   idx = int(np.flatnonzero(bad.to_numpy())[0])
+  if idx + line_offset == 1 and np.isnan(numeric.iloc[idx]):
+    return DataError(f"{path}:1: {column} {values.iloc[idx]!r} is not an integer id: a header "
+                     f"line? this format has none; remove that line")
   return DataError(f"{path}:{idx + line_offset}: {column} {values.iloc[idx]!r} is not a "
                    f"non-negative integer id; fix or remove that line")
 
@@ -349,7 +353,22 @@ READERS = {
 def read_raw(name: str, data_dir: str | None) -> RawInteractions:
   """Reads dataset `name` from `data_dir/name/` (see the module docstring)."""
   path, fmt = find_file(name, data_dir)
-  return READERS[fmt](path)
+  try:
+    return READERS[fmt](path)
+  except DataError as e:
+    raise _with_truncation_hint(e, path) from None
+
+
+def _with_truncation_hint(err: DataError, path: Path) -> DataError:
+  """A bad last line with no line end is most likely a cut-off copy: say so."""
+  line, sep, _ = str(err)[len(f"{path}:"):].partition(":")
+  if not str(err).startswith(f"{path}:") or not sep or not line.isdigit():
+    return err
+  text = _read_text(path)
+  if text.endswith("\n") or int(line) != text.count("\n") + 1:
+    return err
+  return DataError(f"{err}; that last line has no line end: if the file is truncated, download "
+                   f"or copy it again")
 
 
 # --------------------------------------------------------------------------- download

@@ -94,6 +94,23 @@ def temporal_ratio(seqs: Sequences, ratios: tuple[float, float, float] = (0.7, 0
   return Split("ratio", train_len, valid, test)
 
 
+def skipped_users(seqs: Sequences, split: Split) -> list[str]:
+  """One line per kind of user the split cannot use (none: an empty list): users too short
+  for a training sequence and, under loo, users too short to evaluate."""
+  notes = []
+  untrained = int((split.train_len < 2).sum())
+  if untrained:
+    notes.append(f"{untrained} of {seqs.num_users} users have < 2 training interactions and "
+                 f"give no training sequence")
+  if split.protocol == "loo":
+    unevaluated = int((seqs.lengths() < 3).sum())
+    if unevaluated:
+      notes.append(f"{unevaluated} of {seqs.num_users} users have < 3 interactions and are not "
+                   f"evaluated (loo needs a training, a validation and a test item; "
+                   f"--min_interactions=3 drops them)")
+  return notes
+
+
 def make_split(seqs: Sequences, protocol: str, min_history: int = 5) -> Split:
   if protocol == "loo":
     return leave_one_out(seqs)
