@@ -1,0 +1,8 @@
+"""beauty row: SASRec + MoL head, sampled softmax (128 negatives)."""
+import ml_collections
+
+from experiments.configs.rows import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  return common.beauty("mol")
