@@ -192,10 +192,11 @@ def _first_bad(values: pd.Series, path: Path, column: str, line_offset: int = 1)
   numeric = pd.to_numeric(values, errors="coerce")
   bad = numeric.isna() | (numeric < 0) | (numeric != np.floor(numeric))
   idx = int(np.flatnonzero(bad.to_numpy())[0])
-  if idx + line_offset == 1 and np.isnan(numeric.iloc[idx]):
+  line = int(values.index[idx]) + line_offset
+  if line == 1 and np.isnan(numeric.iloc[idx]):
     return DataError(f"{path}:1: {column} {values.iloc[idx]!r} is not an integer id: a header "
                      f"line? this format has none; remove that line")
-  return DataError(f"{path}:{idx + line_offset}: {column} {values.iloc[idx]!r} is not a "
+  return DataError(f"{path}:{line}: {column} {values.iloc[idx]!r} is not a "
                    f"non-negative integer id; fix or remove that line")
 
 
@@ -210,7 +211,8 @@ def _to_ids(values: pd.Series, path: Path, column: str, line_offset: int = 1) ->
 def _split_table(text: str, path: Path, sep: str, ncols: int, layout: str,
                  header: bool = False, user_sep: str | None = None,
                  user_ncols: int | None = None) -> pd.DataFrame:
-  """Parses a delimited table of exactly `ncols` fields per line, as strings.
+  """Parses a delimited table of exactly `ncols` fields per line, as strings; row labels are
+  line indices after the header (0-based): a row's line number is its label + 1 + header.
 
   user_sep / user_ncols: the delimiter and field count as the user knows the format (for
   '::' files parsed on ':'), used in error messages.
@@ -236,6 +238,11 @@ def _split_table(text: str, path: Path, sep: str, ncols: int, layout: str,
             f"{path}:{i}: expected {user_ncols} fields separated by {user_sep!r} ({layout!r}), found "
             f"{found} in {ln[:80]!r}; is it the right file and delimiter?")
     raise DataError(f"{path}: cannot parse as {layout!r}: {err}")
+  num_lines = text.count("\n") + (not text.endswith("\n")) - start
+  if len(df) != num_lines:  # the parser skipped blank lines: label rows by their line instead
+    lines = [i for i, ln in enumerate(text.splitlines()[start:]) if ln.strip()]
+    if len(lines) == len(df):
+      df.index = lines
   return df
 
 
@@ -246,7 +253,8 @@ def read_movielens_dat(path: Path) -> RawInteractions:
   df = _split_table(text, path, ":", 7, layout, user_sep="::", user_ncols=4)
   if (df[1] != "").any() or (df[3] != "").any() or (df[5] != "").any():
     i = int(np.flatnonzero(((df[1] != "") | (df[3] != "") | (df[5] != "")).to_numpy())[0])
-    raise DataError(f"{path}:{i + 1}: expected {layout!r} with '::' delimiters; fix that line")
+    raise DataError(f"{path}:{df.index[i] + 1}: expected {layout!r} with '::' delimiters; fix "
+                    f"that line")
   return RawInteractions(_to_ids(df[0], path, "UserID"), _to_ids(df[2], path, "MovieID"),
                          _timestamps(df[6], path), str(path))
 
@@ -278,7 +286,8 @@ def read_amazon_csv(path: Path) -> RawInteractions:
   for col, arr in (("user", users), ("item", items)):
     empty = np.flatnonzero(pd.Series(arr).str.strip() == "")
     if empty.size:
-      raise DataError(f"{path}:{empty[0] + 1}: empty {col} id; fix or remove that line")
+      raise DataError(f"{path}:{df.index[empty[0]] + 1}: empty {col} id; fix or remove that "
+                      f"line")
   return RawInteractions(users, items, _timestamps(df[3], path), str(path))
 
 
@@ -335,8 +344,9 @@ def _timestamps(values: pd.Series, path: Path, line_offset: int = 1) -> np.ndarr
   numeric = pd.to_numeric(values, errors="coerce")
   if numeric.isna().any():
     idx = int(np.flatnonzero(numeric.isna().to_numpy())[0])
-    raise DataError(f"{path}:{idx + line_offset}: timestamp {values.iloc[idx]!r} is not a "
-                    f"number; fix or remove that line")
+    line = int(values.index[idx]) + line_offset
+    raise DataError(f"{path}:{line}: timestamp {values.iloc[idx]!r} is not a number; fix or "
+                    f"remove that line")
   return numeric.to_numpy().astype(np.int64)
 
 
