@@ -62,6 +62,7 @@ def test_sigkill_at_ten_moments_resumes_to_identical_results(fault_dir, tmp_path
   started (its temp dir exists), 5 times at a random moment after some progress — and
   restarts it each time; the finished run's metrics.jsonl and test_metrics.json equal an
   uninterrupted run's (wall times aside)."""
+  record_property("category", "fault")
   env = _env(tmp_path / "jax_cache")
   args = [sys.executable, "-m", *cli_args(fault_dir, tmp_path / "ref", epochs=EPOCHS)]
   r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -114,7 +115,6 @@ def test_sigkill_at_ten_moments_resumes_to_identical_results(fault_dir, tmp_path
   assert _records(workdir) == _records(tmp_path / "ref")
   assert mid_save >= 3, f"only {mid_save} of the kills landed during a checkpoint save"
 
-  record_property("category", "fault")
   record_property("case", f"SIGKILL at {len(KILL_PLAN)} moments ({mid_save} during a "
                           "checkpoint save), restarted each time")
   record_property("kill_points", len(KILL_PLAN))
