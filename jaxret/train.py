@@ -35,6 +35,7 @@ from jaxret.models.retrieval import RetrievalModel
 from jaxret.retrieval.hindexer import HIndexedRetrievalModel, HIndexer, hindexer_loss
 
 DEFAULT_NEGATIVES = {"bce": 127, "ss": 128, "softmax": 0}
+_MAX_STEPS_IN_FLIGHT = 2  # training steps dispatched ahead of the host
 
 
 class TrainingError(JaxretError):
@@ -497,6 +498,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                       desc=f"epoch {epoch + 1}", leave=False, disable=jax.process_index() != 0):
       state, m = train_step(state, sharding.shard_batch(batch, mesh), step_rng)
       step_losses.append(m["total_loss"])
+      if len(step_losses) > _MAX_STEPS_IN_FLIGHT:
+        # Bounded dispatch-ahead: with many steps queued, XLA's CPU client can deadlock in a
+        # collective when simulated devices outnumber the cores (seen with 8 on 2 cores).
+        step_losses[-1 - _MAX_STEPS_IN_FLIGHT].block_until_ready()
     losses = np.asarray(jax.device_get(step_losses))
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
