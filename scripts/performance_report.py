@@ -1,7 +1,7 @@
 """Builds the README's Performance section from results files (never typed by hand).
 
   python scripts/performance_report.py [--bench=results/bench_train.json]
-      [--runs=results/dev_runs/ml-1m-half-sasrec-dot-ss,results/dev_runs/ml-1m-half-sasrec-mol-ss]
+      [--runs=results/runs/paper_ml1m/sasrec_dot_ss/s0,results/runs/paper_ml1m/sasrec_mol_ss/s0]
       [--out=results/performance.json] [--readme=README.md]
 
 Time to quality of a run (its `metrics.jsonl`): wall time until validation NDCG@10 first
@@ -29,6 +29,8 @@ def time_to_quality(run_dir: Path, metric: str = "ndcg@10") -> dict:
   test_path = run_dir / "test_metrics.json"
   test = json.loads(test_path.read_text()) if test_path.exists() else {}
   best = max(r[metric] for r in valid)
+  best_epoch = max(valid, key=lambda r: r[metric])["epoch"]
+  patience = config.get("eval", {}).get("patience", 0)
   first = next(r for r in valid if r[metric] >= QUALITY_FRACTION * best)
   last = records[-1]
   return {
@@ -37,12 +39,13 @@ def time_to_quality(run_dir: Path, metric: str = "ndcg@10") -> dict:
       "batch": config["train"]["batch_size"],
       "position_budget": config["train"].get("position_budget", 1.0),
       "metric": metric, "best_valid": best,
-      "best_epoch": max(valid, key=lambda r: r[metric])["epoch"],
+      "best_epoch": best_epoch,
       "epochs": max(r["epoch"] for r in records),
       "quality_target": QUALITY_FRACTION * best,
       "time_to_quality_s": first["wall_time"], "epoch_to_quality": first["epoch"],
       "run_time_s": test.get("train_time", last["wall_time"]),
-      "early_stopped": bool(test) and test.get("epochs", 0) < config["train"]["epochs"],
+      # Early-stopped: the last `patience` evaluations did not beat the best.
+      "early_stopped": bool(patience) and max(r["epoch"] for r in valid) - best_epoch >= patience,
       "test": {k: test[k] for k in ("hr@10", "ndcg@10", "hr@50", "hr@200", "mrr") if k in test},
   }
 
@@ -99,8 +102,8 @@ def replace_block(text: str, block: str) -> str:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--bench", default="results/bench_train.json")
-  p.add_argument("--runs", default="results/dev_runs/ml-1m-half-sasrec-dot-ss,"
-                                   "results/dev_runs/ml-1m-half-sasrec-mol-ss")
+  p.add_argument("--runs", default="results/runs/paper_ml1m/sasrec_dot_ss/s0,"
+                                   "results/runs/paper_ml1m/sasrec_mol_ss/s0")
   p.add_argument("--notes", default="results/performance_notes.json",
                  help="JSON list of measured findings (one line each) to list under the tables")
   p.add_argument("--out", default="results/performance.json")

@@ -23,7 +23,8 @@ def _write_run(folder: Path, valid: list[float], epochs_limit: int) -> Path:
   folder.mkdir(parents=True)
   (folder / "config.json").write_text(json.dumps({
       "encoder": "sasrec", "head": "dot", "loss": "ss", "dataset": "ml-1m-half",
-      "train": {"batch_size": 64, "position_budget": 0.6, "epochs": epochs_limit}}))
+      "train": {"batch_size": 64, "position_budget": 0.6, "epochs": epochs_limit},
+      "eval": {"patience": 1}}))
   lines = []
   for epoch, value in enumerate(valid, start=1):
     lines.append({"epoch": epoch, "split": "train", "loss": 1.0, "wall_time": 10.0 * epoch})
@@ -41,8 +42,8 @@ def test_time_to_quality(tmp_path):
   assert r["best_valid"] == 0.1 and r["best_epoch"] == 4
   assert r["epoch_to_quality"] == 3 and r["time_to_quality_s"] == 32.0  # 0.096 >= 0.095
   assert r["run_time_s"] == 55.0 and r["epochs"] == 5 and r["early_stopped"]
-  assert not report_lib.time_to_quality(
-      _write_run(tmp_path / "s", [0.1], epochs_limit=1))["early_stopped"]
+  still_improving = report_lib.time_to_quality(_write_run(tmp_path / "s", [0.05, 0.1], 200))
+  assert not still_improving["early_stopped"]
 
 
 def test_replace_block_only_touches_the_block():
