@@ -409,7 +409,7 @@ def write_figures(table: Table, results: Mapping[str, Sequence[RunRecord]], out_
     import matplotlib.pyplot as plt
   except ImportError:
     log("warning: matplotlib is not installed, so no figures were drawn; install it with "
-        "`pip install -e '.[bench]'` and rerun with --report_only")
+        "`pip install -e .` and rerun with --report_only")
     return []
   from matplotlib.lines import Line2D
   from matplotlib.ticker import FuncFormatter, MaxNLocator

@@ -318,7 +318,7 @@ def plot(recall_rows: list[dict], tput_rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
-    print("matplotlib not installed (pip install '.[bench]'): skipping the figures")
+    print("matplotlib not installed (pip install -e .): skipping the figures")
     return
   if recall_rows:
     n = max(r["pool_size"] for r in recall_rows)
