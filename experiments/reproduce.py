@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from flax import traverse_util
 from ml_collections import config_flags
 
 from experiments import cli
@@ -187,16 +188,6 @@ _FREE_FIELDS = frozenset({"data_dir", "train.num_devices", "eval.batch_size",
                           "eval.chunk_size"})
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      flat.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      flat[f"{prefix}{k}"] = v
-  return flat
-
-
 def check_run_matches(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """ConfigError if `workdir` holds a run of another config (dataset, model, seed, ...):
   skipping or resuming it would put another experiment's numbers in the table. An unfinished
@@ -204,8 +195,8 @@ def check_run_matches(workdir: Path, config: ml_collections.ConfigDict) -> None:
   path = workdir / "config.json"
   if not path.exists():
     return
-  stored = _flatten(json.loads(path.read_text()))
-  wanted = _flatten(json.loads(config.to_json()))
+  stored = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
+  wanted = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
   free = _FREE_FIELDS if is_finished(workdir) else _FREE_FIELDS | {"train.epochs"}
   diff = [k for k in wanted if k in stored and k not in free and stored[k] != wanted[k]]
   if diff:

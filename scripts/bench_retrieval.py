@@ -32,6 +32,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,8 +89,8 @@ def load_source(checkpoint: str, seed: int):
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     params = state["state"]["params"]
     enc = params["encoder"]
-    table = next(np.asarray(v) for k, v in _flat(enc).items() if v.ndim == 2
-                 and ("item" in k.lower()))
+    flat = traverse_util.flatten_dict(enc, sep="/")
+    table = next(np.asarray(v) for k, v in flat.items() if v.ndim == 2 and "item" in k.lower())
     table = table[1:].astype(np.float64)                      # drop padding row 0
     item_mean = table.mean(0)
     item_chol = np.linalg.cholesky(np.cov(table, rowvar=False) + 1e-6 * np.eye(table.shape[1]))
@@ -108,16 +109,6 @@ def load_source(checkpoint: str, seed: int):
   if item_mean is None:
     item_mean, item_chol = np.zeros(dim), np.eye(dim)
   return head, head_params, item_mean, item_chol, rng
-
-
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def sample(rng, n: int, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
