@@ -68,6 +68,18 @@ def test_dot_topk_backends_equal_exact(kind, backend):
   np.testing.assert_allclose(out.scores, ref[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("group", [1, 3, 16, 64])
+@pytest.mark.parametrize("n,k", [(1001, 25), (40, 40), (130, 7)])
+def test_blockwise_dot_topk_groups_equal_exact(group, n, k):
+  q = jnp.asarray(_rand(5, (3, 8)))
+  table = quant.quantize(_rand(6, (n, 8)), "fp32")
+  ref = jax.lax.top_k(q @ table.dequantize().T, k)
+  out = jax.jit(lambda q, t: topk_lib.blockwise_dot_topk(q, t, k, block=100, group=group))(
+      q, table)
+  np.testing.assert_array_equal(out.ids, ref[1])
+  np.testing.assert_allclose(out.scores, ref[0], rtol=1e-5, atol=1e-5)
+
+
 def test_best_backend_is_known():
   assert topk_lib.best_backend() in topk_lib.BACKENDS
   assert topk_lib.best_backend("tpu") == "approx"

@@ -69,6 +69,12 @@ class QuantizedTable:
     scale = None if self.scale is None else jnp.pad(self.scale, (0, extra))
     return QuantizedTable(values, scale, self.kind)
 
+  def slice_rows(self, start: Array | int, size: int) -> "QuantizedTable":
+    """Rows [start, start + size) (`start` may be traced; no copy of the whole table)."""
+    values = jax.lax.dynamic_slice_in_dim(self.values, start, size)
+    scale = None if self.scale is None else jax.lax.dynamic_slice_in_dim(self.scale, start, size)
+    return QuantizedTable(values, scale, self.kind)
+
   def reshape_blocks(self, num_blocks: int, block: int) -> "QuantizedTable":
     """(num_blocks * block, d) -> a table whose leaves lead with (num_blocks, block)."""
     values = self.values.reshape(num_blocks, block, self.dim)

@@ -145,21 +145,46 @@ def blockwise_topk(score_fn: Callable[[Array], Array], num_items: int, k: int,
   return out
 
 
+def _scan_table(table: QuantizedTable, block: int, step: Callable, carry):
+  """Folds `step(carry, start, rows)` over the table's consecutive row blocks.
+
+  Full blocks are dynamic slices of the table (the table itself is never padded or copied);
+  the last `N % block` rows go through one more call with their own (smaller) shape.
+  """
+  n = table.num_rows
+  num_full = n // block
+  if num_full:
+    def body(c, b):
+      start = b * block
+      return step(c, start, table.slice_rows(start, block)), None
+    carry, _ = jax.lax.scan(body, carry, jnp.arange(num_full, dtype=jnp.int32))
+  if n % block:
+    carry = step(carry, num_full * block, table.slice_rows(num_full * block, n % block))
+  return carry
+
+
 def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
                        block: int = 16384, id_offset: Array | int = 0,
-                       num_valid: Array | int | None = None) -> TopK:
+                       num_valid: Array | int | None = None, group: int = 16) -> TopK:
   """Blockwise exact top-k of `queries @ table.T` (dequantised inside the dot).
 
-  The table is padded to a multiple of `block` and scanned as `(N / block, block, d)`
-  slices (no gather).
+  Scans the table `block` rows at a time keeping a running top-k, so the `(B, N)` score
+  matrix never exists. With `group > 1` (the default) the running top-k is over *group
+  maxima* (the best score in each run of `group` consecutive rows) and the rows of the k
+  best groups are re-scored exactly at the end: each true top-k row lies in one of them
+  (ties aside), since a row outside them is beaten by the maxima of k other groups. This
+  replaces a top-k over every `(B, block)` score block by one over `(B, block / group)`
+  maxima; on CPU, where that per-block top-k cost more than the matmul, the scan runs ~2x
+  faster. `group=1` keeps single rows.
 
   Args:
     queries: (B, d) float.
     table: QuantizedTable with values (N, d).
     k: results per query, <= N.
-    block: rows per step.
+    block: rows per step (rounded up to a multiple of `group`).
     id_offset: added to the returned ids (the shard's first row in a sharded table).
     num_valid: rows >= num_valid are masked (padding of a sharded table); default N.
+    group: rows per group (1: keep single rows).
 
   Returns:
     TopK (B, k), ids in [id_offset, id_offset + N).
@@ -167,22 +192,45 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
   n = table.num_rows
   if k > n:
     raise ValueError(f"k={k} exceeds the {n} rows of the table")
-  block = max(1, min(block, n))
-  num_blocks = -(-n // block)
-  padded = table.pad_rows(num_blocks * block)
-  blocks = padded.reshape_blocks(num_blocks, block)
+  if group < 1:
+    raise ValueError(f"group must be >= 1, got {group}")
+  block = -(-max(1, min(block, n)) // group) * group
   limit = n if num_valid is None else num_valid
-  base = jnp.arange(block, dtype=jnp.int32)
+  batch = queries.shape[0]
 
-  def step(carry: TopK, xs):
-    b, tab = xs
-    ids = b * block + base
-    local = _block_topk(tab.scores(queries), ids + id_offset, ids < limit, k)
-    return merge_topk(carry, local, k), None
+  if group == 1:
+    def row_step(carry: TopK, start, tab: QuantizedTable) -> TopK:
+      ids = start + jnp.arange(tab.num_rows, dtype=jnp.int32)
+      return merge_topk(carry, _block_topk(tab.scores(queries), ids + id_offset,
+                                           ids < limit, k), k)
 
-  init = _empty(queries.shape[0], k)
-  out, _ = jax.lax.scan(step, init, (jnp.arange(num_blocks, dtype=jnp.int32), blocks))
-  return out
+    return _scan_table(table, block, row_step, _empty(batch, k))
+
+  num_groups = -(-n // group)
+  k_groups = min(k, num_groups)
+
+  def group_step(carry: TopK, start, tab: QuantizedTable) -> TopK:
+    size = tab.num_rows
+    padded = -(-size // group) * group
+    ids = start + jnp.arange(padded, dtype=jnp.int32)
+    scores = jnp.pad(tab.scores(queries), ((0, 0), (0, padded - size)))
+    scores = jnp.where((ids < jnp.minimum(limit, n))[None, :], scores, -jnp.inf)
+    maxima = scores.reshape(batch, padded // group, group).max(axis=-1)
+    gids = start // group + jnp.arange(padded // group, dtype=jnp.int32)
+    return merge_topk(carry, TopK(maxima, jnp.broadcast_to(gids, maxima.shape)), k_groups)
+
+  init = TopK(jnp.full((batch, k_groups), -jnp.inf, jnp.float32),
+              jnp.full((batch, k_groups), -1, jnp.int32))
+  best = _scan_table(table, block, group_step, init)
+  rows = (best.ids[:, :, None] * group + jnp.arange(group, dtype=jnp.int32)).reshape(batch, -1)
+  valid = jnp.repeat(best.ids >= 0, group, axis=-1) & (rows < limit) & (rows < n)
+  cand = table.take(jnp.clip(rows, 0, n - 1))                         # (B, k_groups * group, d)
+  v = cand.values if cand.kind == "fp32" else cand.values.astype(jnp.float32)
+  scores = jnp.einsum("bd,bmd->bm", jnp.asarray(queries, jnp.float32), v)
+  if cand.scale is not None:
+    scores = scores * cand.scale
+  vals, pos = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), k)
+  return TopK(vals, jnp.take_along_axis(rows, pos, axis=-1) + id_offset)
 
 
 def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exact",
