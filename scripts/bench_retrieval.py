@@ -10,13 +10,18 @@ Writes to --out_dir:
   fig3b_throughput.png      queries/s vs pool size (exact_mol, two_stage, stage1_only, faiss)
   machine.json              cpu, cores, jax version and backend, chosen top-k backend
 
-Synthetic pool: MoL weights from the trained model in --checkpoint when its head is MoL,
-else a randomly initialised MoL head (the default config's sizes); item vectors are sampled
-from a Gaussian with the trained item table's mean and covariance when a checkpoint is
-given, else N(0, I); queries likewise. The 'hindexer' generator is distilled from the MoL
-head (`fit_hindexer`) once, on a separate pool of --hindexer_pool items of the same
-distribution, and applied to every pool. Timings: one warm-up (compile) call, then the median
-of --repeats calls, each ended by `jax.block_until_ready`.
+With --checkpoint (a MoL run's workdir): the MoL head is the trained one, the queries are
+the trained encoder's real query vectors (the last position of --batch test users' histories),
+and besides the synthetic pools the benchmark runs on the real catalog (pool `real`, the
+trained item vectors). Synthetic pools (pool `synthetic`): item vectors sampled from a
+Gaussian with the trained item vectors' mean and covariance. Without a checkpoint: a
+randomly initialised MoL head (the default config's sizes) and N(0, I) items and queries.
+The 'hindexer' generator is distilled from the MoL head (`fit_hindexer`) once, on
+--hindexer_pool synthetic items (and the real items), and applied to every pool.
+Relative recall uses the same --batch queries as the throughput runs, so the exact-MoL
+reference pass doubles as that method's compile / warm-up call. Timings: one warm-up call,
+then the median of --repeats calls (one call when a call takes > 20 s), each ended by
+`jax.block_until_ready`.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--k_primes", default="100,200,500,1000,2000,5000,10000")
   p.add_argument("--generators", default="hindexer,avg,per_component")
   p.add_argument("--quantizations", default="fp32,bf16,int8")
-  p.add_argument("--recall_queries", type=int, default=256)
+  p.add_argument("--per_component_max_pool", type=int, default=100_000,
+                 help="skip the per_component generator above this pool size (its stage 1 "
+                      "scores all P_Q x P_X component pairs: ~1/5 of exact MoL's FLOPs)")
   p.add_argument("--throughput_generator", default="avg")
   p.add_argument("--throughput_k_prime", type=int, default=2000)
   p.add_argument("--exact_mol_max_pool", type=int, default=1_000_000,
@@ -72,43 +80,60 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- model / pool
 
 
-def load_source(checkpoint: str, seed: int):
-  """(head, head_params, item mean (D,), item cov factor (D, D), query mean, query factor)."""
-  rng = np.random.default_rng(seed)
-  item_mean = item_chol = None
-  head = head_params = None
-  if checkpoint:
-    import ml_collections
-    import orbax.checkpoint as ocp
-    from jaxret import train
-    config = ml_collections.ConfigDict(json.loads((Path(checkpoint) / "config.json").read_text()))
-    mngr = ocp.CheckpointManager(Path(checkpoint).resolve() / "checkpoints" / "best")
-    step = mngr.latest_step()
-    if step is None:
-      raise SystemExit(f"error: no checkpoint under {checkpoint}/checkpoints/best")
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    params = state["state"]["params"]
-    enc = params["encoder"]
-    flat = traverse_util.flatten_dict(enc, sep="/")
-    table = next(np.asarray(v) for k, v in flat.items() if v.ndim == 2 and "item" in k.lower())
-    table = table[1:].astype(np.float64)                      # drop padding row 0
-    item_mean = table.mean(0)
-    item_chol = np.linalg.cholesky(np.cov(table, rowvar=False) + 1e-6 * np.eye(table.shape[1]))
-    if config.head == "mol":
-      model = train.build_model(config, table.shape[0])
-      head, head_params = model.head, params["head"]
-      print(f"MoL head from {checkpoint} (step {step})")
-    else:
-      print(f"{checkpoint} has a {config.head!r} head: random MoL head, item statistics "
-            f"from its table")
-  dim = item_mean.shape[0] if item_mean is not None else 50
-  if head is None:
+class Source(NamedTuple):
+  head: MoLHead
+  head_params: dict
+  item_mean: np.ndarray         # (D,)
+  item_chol: np.ndarray         # (D, D) covariance factor
+  queries: np.ndarray | None    # (U, D) real query vectors, or None
+  real_items: np.ndarray | None  # (N, D) trained item vectors, or None
+
+
+def load_source(checkpoint: str, seed: int) -> Source:
+  """The MoL head, item statistics and (with a checkpoint) real queries and items."""
+  if not checkpoint:
     head = MoLHead()                                          # the default config's sizes
-    head_params = head.init(jax.random.key(seed), jnp.zeros((1, dim)),
-                            jnp.zeros((1, dim)))["params"]
-  if item_mean is None:
-    item_mean, item_chol = np.zeros(dim), np.eye(dim)
-  return head, head_params, item_mean, item_chol, rng
+    dim = 50
+    params = head.init(jax.random.key(seed), jnp.zeros((1, dim)), jnp.zeros((1, dim)))
+    return Source(head, params["params"], np.zeros(dim), np.eye(dim), None, None)
+  import ml_collections
+  from jaxret import train
+  from jaxret.checkpoint import Checkpointer
+  from jaxret.data import EvalBatches
+  from jaxret.models.retrieval import RetrievalModel
+  workdir = Path(checkpoint)
+  config_file = workdir / "config.json"
+  if not config_file.is_file():
+    raise SystemExit(f"error: {config_file} not found: --checkpoint must be the workdir of a "
+                     f"run made by `python -m experiments.run --head=mol`")
+  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  if config.head != "mol":
+    raise SystemExit(f"error: {checkpoint} trained a {config.head!r} head; the retrieval "
+                     f"benchmark needs a MoL run (--head=mol)")
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+  ckpt = Checkpointer(workdir)
+  restored = ckpt.restore("best", {"params": state.params})
+  ckpt.close()
+  if restored is None:
+    raise SystemExit(f"error: no checkpoint under {checkpoint}/checkpoints/best; train first")
+  params = restored[0]["params"]
+  ids = jnp.arange(1, seqs.num_items + 1, dtype=jnp.int32)
+  items = np.asarray(model.apply({"params": params}, ids, method=RetrievalModel.embed_items),
+                     np.float64)
+  query_fn = jax.jit(lambda p, x: model.apply({"params": p}, x,
+                                              method=RetrievalModel.last_query))
+  batches = EvalBatches(seqs, split.eval_examples("test"), config.max_len, 256,
+                        exclude_history=False)
+  queries = np.concatenate([np.asarray(query_fn(params, b["inputs"]))[b["weight"] > 0]
+                            for b in batches])
+  mean = items.mean(0)
+  chol = np.linalg.cholesky(np.cov(items, rowvar=False) + 1e-6 * np.eye(items.shape[1]))
+  print(f"MoL head from {checkpoint} (best checkpoint, epoch {restored[1].get('epoch')}): "
+        f"{len(items)} items, {len(queries)} real test queries")
+  return Source(model.head, params["head"], mean, chol, queries.astype(np.float32),
+                items.astype(np.float32))
 
 
 def sample(rng, n: int, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
@@ -122,8 +147,9 @@ def sample(rng, n: int, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- timing
 
 
-def median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())                                 # compile + warm up
+def median_seconds(fn, repeats: int, warm: bool = False) -> float:
+  if not warm:
+    jax.block_until_ready(fn())                               # compile + warm up
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
@@ -187,16 +213,24 @@ def main(argv=None) -> None:
   print(f"jax {jax.__version__} on {info['jax_backend']} ({info['cpu_model']}, "
         f"{info['cores']} cores); stage-1 top-k backend: {info['topk_backend']}")
 
-  head, head_params, mean, chol, rng = load_source(args.checkpoint, args.seed)
-  recall_q = sample(rng, args.recall_queries, mean, chol)
-  bench_q = sample(rng, args.batch, mean, chol)
+  src = load_source(args.checkpoint, args.seed)
+  head, head_params = src.head, src.head_params
+  rng = np.random.default_rng(args.seed)
+  if src.queries is not None:
+    queries = src.queries[rng.choice(len(src.queries), args.batch,
+                                     replace=len(src.queries) < args.batch)]
+  else:
+    queries = sample(rng, args.batch, src.item_mean, src.item_chol)
 
   h_params = None
   hindexer = HIndexer(dim=args.hindexer_dim, hidden=128)
   if "hindexer" in gens:
     t = time.time()
-    train_items = sample(rng, args.hindexer_pool, mean, chol)
-    train_q = sample(rng, 1024, mean, chol)
+    train_items = sample(rng, args.hindexer_pool, src.item_mean, src.item_chol)
+    if src.real_items is not None:
+      train_items = np.concatenate([train_items, src.real_items])
+    train_q = (src.queries if src.queries is not None
+               else sample(rng, 1024, src.item_mean, src.item_chol))
     base = MoLIndex.from_arrays(head, head_params, train_items)
     fitted = base.fit_hindexer(train_q, train_items, hindexer, teacher_k=64,
                                steps=args.hindexer_steps, batch_size=128, num_negatives=1024,
@@ -204,51 +238,59 @@ def main(argv=None) -> None:
     h_params = fitted.arrays.hindexer_params
     print(f"h-indexer distilled in {time.time() - t:.0f}s")
 
+  pool_list = [("synthetic", n, None) for n in pools]
+  if src.real_items is not None:
+    pool_list.insert(0, ("real", len(src.real_items), src.real_items))
   recall_rows, tput_rows, backend_qps = [], [], {}
-  for n in pools:
+  qb = jnp.asarray(queries)
+  for pool, n, real_items in pool_list:
     t0 = time.time()
-    items = sample(rng, n, mean, chol)
+    items = real_items if real_items is not None else sample(rng, n, src.item_mean,
+                                                             src.item_chol)
     index = MoLIndex.from_arrays(head, head_params, items,
                                  hindexer=hindexer if h_params is not None else None,
                                  hindexer_params=h_params)
-    print(f"\n== pool {n}: index built in {time.time() - t0:.1f}s "
-          f"(backend {index.backend})")
-    # Reference: exact MoL top-max(k) for the recall queries.
-    kmax = max(ks)
-    ref = np.concatenate([np.asarray(index.exact_mol_topk(recall_q[s:s + 64], kmax)[0])
-                          for s in range(0, len(recall_q), 64)])
+    print(f"\n== {pool} pool of {n} items: index built in {time.time() - t0:.1f}s "
+          f"(stage-1 backend {index.backend})")
+    kmax = min(max(ks), n)
+    # Reference: exact MoL top-kmax; this call also compiles / warms up the timed one.
+    t0 = time.time()
+    ref = np.asarray(jax.block_until_ready(index.exact_mol_topk(qb, kmax))[0])
+    print(f"exact MoL reference in {time.time() - t0:.1f}s (incl. compile)")
     for quant in quants:
       qindex = index.with_options(quant)
       for gen in gens:
+        if gen == "per_component" and n > args.per_component_max_pool:
+          continue
         for kp in (kp for kp in k_primes if kp <= n):
           k_here = [k for k in ks if k <= kp]
           if not k_here:
             continue
-          kk = max(k_here)
-          got = np.concatenate([np.asarray(qindex.retrieve(recall_q[s:s + 64], kk, kp, gen)[0])
-                                for s in range(0, len(recall_q), 64)])
+          got = np.asarray(qindex.retrieve(qb, max(k_here), kp, gen)[0])
           for k in k_here:
             r = np.mean([len(np.intersect1d(a[:k], b[:k])) / k for a, b in zip(got, ref)])
-            recall_rows.append(dict(generator=gen, quantization=quant, pool_size=n, k=k,
-                                    k_prime=kp, relative_recall=round(float(r), 4)))
+            recall_rows.append(dict(pool=pool, generator=gen, quantization=quant, pool_size=n,
+                                    k=k, k_prime=kp, relative_recall=round(float(r), 4)))
             if k == 100 or len(k_here) == 1:
               print(f"recall@{k} {gen:13s} {quant}: k'={kp:6d} {r:.4f}")
+    if "per_component" in gens and n > args.per_component_max_pool:
+      print(f"per_component skipped at N={n} > --per_component_max_pool")
     # Throughput at batch B, k = max(ks).
-    k = min(kmax, n)
+    k = kmax
     kp = min(args.throughput_k_prime, n)
-    qb = jnp.asarray(bench_q)
     qps = {}
     if n <= args.exact_mol_max_pool:
-      sec = median_seconds(lambda: index.exact_mol_topk(qb, k), min(args.repeats, 3))
+      sec = median_seconds(lambda: index.exact_mol_topk(qb, k), min(args.repeats, 3),
+                           warm=True)
       qps["exact_mol"] = args.batch / sec
-      tput_rows.append(dict(method="exact_mol", quantization="fp32", pool_size=n,
+      tput_rows.append(dict(pool=pool, method="exact_mol", quantization="fp32", pool_size=n,
                             batch=args.batch, k=k, k_prime="", qps=round(qps["exact_mol"], 2)))
     for quant in quants:
       qindex = index.with_options(quant)
       sec = median_seconds(lambda: qindex.retrieve(qb, k, kp, args.throughput_generator),
                            args.repeats)
       qps[f"two_stage/{quant}"] = args.batch / sec
-      tput_rows.append(dict(method="two_stage", quantization=quant, pool_size=n,
+      tput_rows.append(dict(pool=pool, method="two_stage", quantization=quant, pool_size=n,
                             batch=args.batch, k=k, k_prime=kp,
                             qps=round(args.batch / sec, 2)))
       # Stage 1 alone: exact dot-product top-k over the 'avg' table (d = component_dim).
@@ -258,20 +300,21 @@ def main(argv=None) -> None:
                                                   max(128, (1 << 22) // args.batch)))
       sec = median_seconds(lambda: fn(s1q, table), args.repeats)
       qps[f"stage1_only/{quant}"] = args.batch / sec
-      tput_rows.append(dict(method="stage1_only", quantization=quant, pool_size=n,
+      tput_rows.append(dict(pool=pool, method="stage1_only", quantization=quant, pool_size=n,
                             batch=args.batch, k=k, k_prime="", qps=round(args.batch / sec, 2)))
       if quant == "fp32":
         for be in topk_lib.BACKENDS:
           fb = jax.jit(lambda q, t, be=be: topk_lib.dot_topk(q, t, k, be,
                                                              max(128, (1 << 22) // args.batch)))
-          backend_qps.setdefault(str(n), {})[be] = round(
+          backend_qps.setdefault(f"{pool}/{n}", {})[be] = round(
               args.batch / median_seconds(lambda: fb(s1q, table), args.repeats), 2)
-        print(f"stage-1 fp32 q/s by top-k backend: {backend_qps[str(n)]}")
+        print(f"stage-1 fp32 q/s by top-k backend: {backend_qps[f'{pool}/{n}']}")
         f = faiss_qps(np.asarray(table.dequantize()), np.asarray(s1q), k, args.repeats)
         if f is not None:
           qps["faiss_flat_ip"] = f
-          tput_rows.append(dict(method="faiss_flat_ip", quantization="fp32", pool_size=n,
-                                batch=args.batch, k=k, k_prime="", qps=round(f, 2)))
+          tput_rows.append(dict(pool=pool, method="faiss_flat_ip", quantization="fp32",
+                                pool_size=n, batch=args.batch, k=k, k_prime="",
+                                qps=round(f, 2)))
     for name, v in qps.items():
       print(f"q/s {name:22s} {v:12.1f}")
     if "exact_mol" in qps:
@@ -283,9 +326,9 @@ def main(argv=None) -> None:
               f"{qps[f'stage1_only/{quant}'] / qps['faiss_flat_ip']:.2f}x")
 
   _write_csv(out / "retrieval_recall.csv", recall_rows,
-             ["generator", "quantization", "pool_size", "k", "k_prime", "relative_recall"])
+             ["pool", "generator", "quantization", "pool_size", "k", "k_prime", "relative_recall"])
   _write_csv(out / "retrieval_throughput.csv", tput_rows,
-             ["method", "quantization", "pool_size", "batch", "k", "k_prime", "qps"])
+             ["pool", "method", "quantization", "pool_size", "batch", "k", "k_prime", "qps"])
   info.update(stage1_backend_qps=backend_qps, checkpoint=args.checkpoint or None,
               mol_head={k: getattr(head, k) for k in (
                   "num_query_components", "num_item_components", "component_dim",
@@ -312,22 +355,25 @@ def plot(recall_rows: list[dict], tput_rows: list[dict], out: Path) -> None:
     print("matplotlib not installed (pip install -e .): skipping the figures")
     return
   if recall_rows:
-    n = max(r["pool_size"] for r in recall_rows)
+    panels = [(pool, max(r["pool_size"] for r in recall_rows if r["pool"] == pool))
+              for pool in ("real", "synthetic") if any(r["pool"] == pool for r in recall_rows)]
     ks = sorted({r["k"] for r in recall_rows})
-    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-      series = sorted({(r["generator"], r["quantization"]) for r in recall_rows})
-      for gen, quant in series:
-        pts = sorted((r["k_prime"], r["relative_recall"]) for r in recall_rows
-                     if r["pool_size"] == n and r["k"] == k and r["generator"] == gen
-                     and r["quantization"] == quant)
-        if pts:
-          ax.plot(*zip(*pts), marker="o", label=f"{gen} / {quant}",
-                  linestyle={"fp32": "-", "bf16": "--", "int8": ":"}.get(quant, "-"))
-      ax.set(xscale="log", xlabel="k' (stage-1 candidates)", ylabel=f"relative recall@{k}",
-             title=f"Fig. 3a: two-stage vs exact MoL, N={n:,}", ylim=(0, 1.02))
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(panels), len(ks), figsize=(5 * len(ks), 4 * len(panels)),
+                             squeeze=False)
+    for row, (pool, n) in zip(axes, panels):
+      for ax, k in zip(row, ks):
+        series = sorted({(r["generator"], r["quantization"]) for r in recall_rows})
+        for gen, quant in series:
+          pts = sorted((r["k_prime"], r["relative_recall"]) for r in recall_rows
+                       if r["pool"] == pool and r["pool_size"] == n and r["k"] == k
+                       and r["generator"] == gen and r["quantization"] == quant)
+          if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{gen} / {quant}",
+                    linestyle={"fp32": "-", "bf16": "--", "int8": ":"}.get(quant, "-"))
+        ax.set(xscale="log", xlabel="k' (stage-1 candidates)", ylabel=f"relative recall@{k}",
+               title=f"Fig. 3a: two-stage vs exact MoL, {pool} N={n:,}", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "fig3a_relative_recall.png", dpi=120)
     plt.close(fig)
@@ -336,7 +382,8 @@ def plot(recall_rows: list[dict], tput_rows: list[dict], out: Path) -> None:
     series = sorted({(r["method"], r["quantization"]) for r in tput_rows})
     for method, quant in series:
       pts = sorted((r["pool_size"], r["qps"]) for r in tput_rows
-                   if r["method"] == method and r["quantization"] == quant)
+                   if r["method"] == method and r["quantization"] == quant
+                   and r["pool"] == "synthetic")
       ax.plot(*zip(*pts), marker="o", label=f"{method} / {quant}")
     ax.set(xscale="log", yscale="log", xlabel="pool size N", ylabel="queries / s",
            title="Fig. 3b: throughput (batch %d)" % tput_rows[0]["batch"])

@@ -175,7 +175,8 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
   (ties aside), since a row outside them is beaten by the maxima of k other groups. This
   replaces a top-k over every `(B, block)` score block by one over `(B, block / group)`
   maxima; on CPU, where that per-block top-k cost more than the matmul, the scan runs ~2x
-  faster. `group=1` keeps single rows.
+  faster. `group=1` keeps single rows, as does a table of at most one block (where the
+  fixed cost of re-scoring k * group rows would dominate).
 
   Args:
     queries: (B, d) float.
@@ -198,7 +199,7 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
   limit = n if num_valid is None else num_valid
   batch = queries.shape[0]
 
-  if group == 1:
+  if group == 1 or n <= block:                 # one block: plain top-k, nothing to group
     def row_step(carry: TopK, start, tab: QuantizedTable) -> TopK:
       ids = start + jnp.arange(tab.num_rows, dtype=jnp.int32)
       return merge_topk(carry, _block_topk(tab.scores(queries), ids + id_offset,
