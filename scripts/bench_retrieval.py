@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="skip the per_component generator above this pool size (its stage 1 "
                       "scores all P_Q x P_X component pairs: ~1/5 of exact MoL's FLOPs)")
   p.add_argument("--throughput_generator", default="avg")
-  p.add_argument("--throughput_k_prime", type=int, default=2000)
+  p.add_argument("--throughput_k_primes", default="1000,2000,5000,10000",
+                 help="k' values of the two-stage throughput runs")
   p.add_argument("--exact_mol_max_pool", type=int, default=1_000_000,
                  help="skip exact-MoL throughput above this pool size")
   p.add_argument("--repeats", type=int, default=5)
@@ -74,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hindexer_dim", type=int, default=32)
   p.add_argument("--hindexer_steps", type=int, default=400)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--readme", default="",
+                 help="also rewrite this README's retrieval block from the results")
+  p.add_argument("--report_only", action="store_true",
+                 help="only re-render --readme from the CSVs / machine.json in --out_dir")
   return p.parse_args(argv)
 
 
@@ -205,6 +210,12 @@ def machine_info() -> dict:
 def main(argv=None) -> None:
   args = parse_args(argv)
   out = Path(args.out_dir)
+  if args.report_only:
+    block = render(*read_results(out))
+    print(block)
+    if args.readme:
+      write_readme_block(Path(args.readme), block)
+    return
   out.mkdir(parents=True, exist_ok=True)
   pools, ks, k_primes = _ints(args.pool_sizes), _ints(args.ks), _ints(args.k_primes)
   quants = args.quantizations.split(",")
@@ -251,7 +262,7 @@ def main(argv=None) -> None:
                                  hindexer=hindexer if h_params is not None else None,
                                  hindexer_params=h_params)
     print(f"\n== {pool} pool of {n} items: index built in {time.time() - t0:.1f}s "
-          f"(stage-1 backend {index.backend})")
+          f"(stage-1 backend {index.backend} for k' <= 512)")
     kmax = min(max(ks), n)
     # Reference: exact MoL top-kmax; this call also compiles / warms up the timed one.
     t0 = time.time()
@@ -277,7 +288,7 @@ def main(argv=None) -> None:
       print(f"per_component skipped at N={n} > --per_component_max_pool")
     # Throughput at batch B, k = max(ks).
     k = kmax
-    kp = min(args.throughput_k_prime, n)
+    tput_kps = sorted({min(kp, n) for kp in _ints(args.throughput_k_primes)})
     qps = {}
     if n <= args.exact_mol_max_pool:
       sec = median_seconds(lambda: index.exact_mol_topk(qb, k), min(args.repeats, 3),
@@ -287,16 +298,18 @@ def main(argv=None) -> None:
                             batch=args.batch, k=k, k_prime="", qps=round(qps["exact_mol"], 2)))
     for quant in quants:
       qindex = index.with_options(quant)
-      sec = median_seconds(lambda: qindex.retrieve(qb, k, kp, args.throughput_generator),
-                           args.repeats)
-      qps[f"two_stage/{quant}"] = args.batch / sec
-      tput_rows.append(dict(pool=pool, method="two_stage", quantization=quant, pool_size=n,
-                            batch=args.batch, k=k, k_prime=kp,
-                            qps=round(args.batch / sec, 2)))
+      for kp in tput_kps:
+        sec = median_seconds(lambda: qindex.retrieve(qb, k, kp, args.throughput_generator),
+                             args.repeats)
+        qps[f"two_stage/{quant}/k'={kp}"] = args.batch / sec
+        tput_rows.append(dict(pool=pool, method="two_stage", quantization=quant, pool_size=n,
+                              batch=args.batch, k=k, k_prime=kp,
+                              qps=round(args.batch / sec, 2)))
       # Stage 1 alone: exact dot-product top-k over the 'avg' table (d = component_dim).
       s1q = qindex.stage1_query_embeddings(qb, "avg")
       table = qindex.stage1_table("avg")
-      fn = jax.jit(lambda q, t: topk_lib.dot_topk(q, t, k, qindex.backend,
+      fn = jax.jit(lambda q, t: topk_lib.dot_topk(q, t, k, qindex.stage1_backend(
+                                                      k, args.batch * table.num_rows),
                                                   max(128, (1 << 22) // args.batch)))
       sec = median_seconds(lambda: fn(s1q, table), args.repeats)
       qps[f"stage1_only/{quant}"] = args.batch / sec
@@ -318,8 +331,9 @@ def main(argv=None) -> None:
     for name, v in qps.items():
       print(f"q/s {name:22s} {v:12.1f}")
     if "exact_mol" in qps:
-      print(f"two_stage/exact_mol (fp32, {args.throughput_generator}, k'={kp}): "
-            f"{qps['two_stage/fp32'] / qps['exact_mol']:.1f}x")
+      for kp in tput_kps:
+        ratio = qps[f"two_stage/fp32/k'={kp}"] / qps["exact_mol"]
+        print(f"two_stage/exact_mol (fp32, {args.throughput_generator}, k'={kp}): {ratio:.1f}x")
     if "faiss_flat_ip" in qps:
       for quant in quants:
         print(f"stage1_only/{quant} / faiss_flat_ip: "
@@ -337,6 +351,136 @@ def main(argv=None) -> None:
   (out / "machine.json").write_text(json.dumps(info, indent=2))
   plot(recall_rows, tput_rows, out)
   print(f"\nwrote {out}/retrieval_recall.csv, retrieval_throughput.csv, machine.json, PNGs")
+  block = render(*read_results(out))
+  print(block)
+  if args.readme:
+    write_readme_block(Path(args.readme), block)
+
+
+# ----------------------------------------------------------------------------- report
+
+BEGIN, END = "<!-- retrieval:begin -->", "<!-- retrieval:end -->"
+RECALL_TARGET, SPEEDUP_TARGET, FAISS_TARGET = 0.99, 50.0, 3.0
+
+
+def read_results(out: Path) -> tuple[list[dict], list[dict], dict]:
+  """(recall rows, throughput rows, machine info) as written by `main` to `out`."""
+  def rows(name: str) -> list[dict]:
+    path = out / name
+    if not path.is_file():
+      raise SystemExit(f"error: {path} not found: run scripts/bench_retrieval.py first")
+    with open(path, newline="") as f:
+      data = list(csv.DictReader(f))
+    for r in data:
+      for key in ("pool_size", "k", "batch"):
+        if key in r:
+          r[key] = int(r[key])
+      r["k_prime"] = int(r["k_prime"]) if r.get("k_prime") else None
+      for key in ("relative_recall", "qps"):
+        if key in r:
+          r[key] = float(r[key])
+    return data
+  info = json.loads((out / "machine.json").read_text())
+  return rows("retrieval_recall.csv"), rows("retrieval_throughput.csv"), info
+
+
+def _qps(rows: list[dict], method: str, n: int, quant: str = "fp32", k_prime=None):
+  for r in rows:
+    if (r["pool"] == "synthetic" and r["method"] == method and r["pool_size"] == n
+        and r["quantization"] == quant and (k_prime is None or r["k_prime"] == k_prime)):
+      return r["qps"]
+  return None
+
+
+def render(recall_rows: list[dict], tput_rows: list[dict], info: dict, k: int = 100) -> str:
+  """The README's retrieval block (between the markers) from the benchmark's results."""
+  gen = info.get("throughput_generator", "avg")
+  src = info.get("checkpoint") or "a randomly initialised MoL head"
+  lines = [BEGIN, "",
+           f"Measured by `scripts/bench_retrieval.py` ({info.get('date', '?')}) on "
+           f"{info.get('cpu_model', '?')}, {info.get('cores', '?')} cores, jax "
+           f"{info.get('jax_version', '?')} on {info.get('jax_backend', '?')}; MoL head "
+           f"from {src}; batch {tput_rows[0]['batch'] if tput_rows else '?'} queries; "
+           f"stage-1 top-k backend `{info.get('topk_backend', '?')}`. Relative recall@{k}: "
+           f"overlap of the two-stage top-{k} with the exact MoL top-{k}.", ""]
+  syn = [r["pool_size"] for r in tput_rows if r["pool"] == "synthetic"]
+  if syn:
+    n = max(syn)
+    exact = _qps(tput_rows, "exact_mol", n)
+    curve = sorted((r["k_prime"], r["relative_recall"]) for r in recall_rows
+                   if r["pool"] == "synthetic" and r["pool_size"] == n and r["k"] == k
+                   and r["generator"] == gen and r["quantization"] == "fp32")
+    first = next(((kp, rec) for kp, rec in curve if rec >= RECALL_TARGET), None)
+    if first is None:
+      best = max(curve, key=lambda c: c[1]) if curve else (None, float("nan"))
+      lines.append(f"- Two-stage (`{gen}`, fp32) at N={n:,}: relative recall@{k} never "
+                   f"reaches {RECALL_TARGET} (best {best[1]:.4f} at k'={best[0]}): target NOT met.")
+    else:
+      kp, rec = first
+      two = _qps(tput_rows, "two_stage", n, k_prime=kp)
+      if two is None or exact is None:
+        lines.append(f"- Two-stage (`{gen}`, fp32) at N={n:,}: relative recall@{k} {rec:.4f} "
+                     f"at k'={kp}; throughput at that k' not measured.")
+      else:
+        ok = "met" if two / exact >= SPEEDUP_TARGET else "NOT met"
+        lines.append(f"- Two-stage (`{gen}`, fp32) at N={n:,}: relative recall@{k} {rec:.4f} "
+                     f"from k'={kp:,}, at {two:,.1f} q/s = **{two / exact:.0f}x** exact MoL "
+                     f"({exact:,.2f} q/s); target >= {RECALL_TARGET} at >= {SPEEDUP_TARGET:.0f}x: "
+                     f"{ok}.")
+    s1, faiss = _qps(tput_rows, "stage1_only", n), _qps(tput_rows, "faiss_flat_ip", n)
+    if s1 and faiss:
+      ok = "met" if s1 / faiss >= FAISS_TARGET else "NOT met"
+      lines.append(f"- Stage-1 exact dot-product top-{k} at N={n:,} (fp32): {s1:,.1f} q/s = "
+                   f"**{s1 / faiss:.2f}x** faiss-cpu IndexFlatIP ({faiss:,.1f} q/s, same run); "
+                   f"target >= {FAISS_TARGET:.0f}x: {ok}.")
+    lines.append("")
+  k_primes = sorted({r["k_prime"] for r in recall_rows if r["k"] == k})
+  pools = sorted({(r["pool"], r["pool_size"]) for r in recall_rows if r["k"] == k},
+                 key=lambda p: (p[0] != "real", p[1]))
+  if pools:
+    lines += [f"Relative recall@{k} by k' (Figure 3a; all pools and k in "
+              f"`results/retrieval_recall.csv`):", "",
+              "| pool | N | generator | stage 1 | " + " | ".join(f"k'={kp:,}" for kp in k_primes)
+              + " |", "|---|---|---|---|" + "---|" * len(k_primes)]
+    for pool, n in pools:
+      if pool == "synthetic" and n != max(p[1] for p in pools if p[0] == "synthetic"):
+        continue
+      combos = sorted({(r["generator"], r["quantization"]) for r in recall_rows
+                       if (r["pool"], r["pool_size"]) == (pool, n)})
+      for g, q in combos:
+        vals = {r["k_prime"]: r["relative_recall"] for r in recall_rows
+                if (r["pool"], r["pool_size"], r["generator"], r["quantization"], r["k"])
+                == (pool, n, g, q, k)}
+        lines.append(f"| {pool} | {n:,} | {g} | {q} | " + " | ".join(
+            f"{vals[kp]:.4f}" if kp in vals else "" for kp in k_primes) + " |")
+    lines.append("")
+  if syn:
+    two_kps = sorted({r["k_prime"] for r in tput_rows if r["method"] == "two_stage"})
+    lines += [f"Throughput, queries/s (Figure 3b; synthetic pools, fp32, two-stage with "
+              f"`{gen}`; bf16 / int8 in `results/retrieval_throughput.csv`):", "",
+              "| N | exact MoL | " + " | ".join(f"two-stage k'={kp:,}" for kp in two_kps)
+              + " | stage 1 only | faiss IndexFlatIP | stage 1 / faiss |",
+              "|---|---|" + "---|" * len(two_kps) + "---|---|---|"]
+    for n in sorted(set(syn)):
+      def cell(v):
+        return f"{v:,.1f}" if v is not None else "n/a"
+      s1, faiss = _qps(tput_rows, "stage1_only", n), _qps(tput_rows, "faiss_flat_ip", n)
+      ratio = f"{s1 / faiss:.2f}x" if s1 and faiss else "n/a"
+      lines.append(f"| {n:,} | {cell(_qps(tput_rows, 'exact_mol', n))} | " + " | ".join(
+          cell(_qps(tput_rows, "two_stage", n, k_prime=kp)) for kp in two_kps)
+          + f" | {cell(s1)} | {cell(faiss)} | {ratio} |")
+    lines.append("")
+  lines.append(END)
+  return "\n".join(lines)
+
+
+def write_readme_block(readme: Path, block: str) -> None:
+  text = readme.read_text()
+  start, end = text.find(BEGIN), text.find(END)
+  if start < 0 or end < start:
+    raise SystemExit(f"error: {readme} lacks the {BEGIN} ... {END} markers")
+  readme.write_text(text[:start] + block + text[end + len(END):])
+  print(f"wrote the retrieval block of {readme}")
 
 
 def _write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:

@@ -83,6 +83,9 @@ def test_blockwise_dot_topk_groups_equal_exact(group, n, k):
 def test_best_backend_is_known():
   assert topk_lib.best_backend() in topk_lib.BACKENDS
   assert topk_lib.best_backend("tpu") == "approx"
+  assert topk_lib.best_backend("cpu", k=100, num_scores=256 * 10**6) == "blockwise"
+  assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**6) == "exact"
+  assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**7) == "blockwise"
 
 
 @pytest.mark.parametrize("n", [1000, 1003])

@@ -46,6 +46,10 @@ GENERATORS = ("hindexer", "avg", "per_component")
 MOL_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 # Floats of one block of stage-1 scores in the blockwise scans (rows * block).
 _BLOCK_ELEMS = 1 << 22
+# (query, candidate) pairs per step of the stage-2 MoL re-scoring: one step's gathered
+# components and gating activations stay small (as one block of the exact MoL scan) instead
+# of a (B, k', P_X, d) gather of gigabytes.
+_RESCORE_PAIRS = 1 << 17
 
 
 @flax.struct.dataclass
@@ -114,7 +118,7 @@ class MoLIndex:
     quantization: stage-1 table format, 'fp32', 'bf16' or 'int8'.
     mol_dtype: stage-2 computation dtype, 'fp32' or 'bf16'.
     backend: stage-1 top-k backend, 'exact', 'approx' or 'blockwise' (default:
-      `topk.best_backend()` for the platform).
+      `topk.best_backend()` for the platform, k' and batch of each call).
     recall_target: of the 'approx' backend.
   """
 
@@ -125,15 +129,14 @@ class MoLIndex:
       raise ValueError("MoLIndex does not support hashed user-id MoL components")
     if mol_dtype not in MOL_DTYPES:
       raise ValueError(f"unknown mol_dtype {mol_dtype!r}; valid: {', '.join(MOL_DTYPES)}")
-    backend = backend or topk_lib.best_backend()
-    if backend not in topk_lib.BACKENDS:
+    if backend is not None and backend not in topk_lib.BACKENDS:
       raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(topk_lib.BACKENDS)}")
     self.head = head
     self.hindexer = hindexer
     self.arrays = arrays
     self.quantization = quantization
     self.mol_dtype = mol_dtype
-    self.backend = backend
+    self.backend_choice = backend                   # None: best_backend() per call
     self.recall_target = recall_target
     self.query_dim = _query_dim(arrays.head_params)
     self._stage2_head = head.clone(dtype=MOL_DTYPES[mol_dtype], parent=None)
@@ -214,7 +217,7 @@ class MoLIndex:
     arrays = a if q == self.quantization else _make_arrays(
         a.item_ids, a.item_components, a.item_gate, a.head_params, a.hindexer_items,
         a.hindexer_params, q)
-    opts = dict(mol_dtype=self.mol_dtype, backend=self.backend,
+    opts = dict(mol_dtype=self.mol_dtype, backend=self.backend_choice,
                 recall_target=self.recall_target)
     opts.update(kwargs)
     return MoLIndex(self.head, arrays, self.hindexer, q, **opts)
@@ -231,7 +234,7 @@ class MoLIndex:
     arrays = _make_arrays(a.item_ids, a.item_components, a.item_gate, a.head_params,
                           h_items, hindexer_params, self.quantization)
     return MoLIndex(self.head, arrays, hindexer, self.quantization, mol_dtype=self.mol_dtype,
-                    backend=self.backend, recall_target=self.recall_target)
+                    backend=self.backend_choice, recall_target=self.recall_target)
 
   def fit_hindexer(self, query_vectors: Array | np.ndarray, item_vectors: Array | np.ndarray,
                    hindexer: HIndexer | None = None, teacher_k: int = 64,
@@ -265,6 +268,15 @@ class MoLIndex:
     return self.with_hindexer(hindexer, params, item_vectors)
 
   # ------------------------------------------------------------------------- properties
+
+  @property
+  def backend(self) -> str:
+    """The stage-1 backend: the one given, else the platform's default ('auto' choice)."""
+    return self.backend_choice or topk_lib.best_backend()
+
+  def stage1_backend(self, k_prime: int, num_scores: int) -> str:
+    """The backend of a stage-1 call with k' results over B * N = num_scores scores."""
+    return self.backend_choice or topk_lib.best_backend(k=k_prime, num_scores=num_scores)
 
   @property
   def num_items(self) -> int:
@@ -311,7 +323,19 @@ class MoLIndex:
     return self.head.apply({"params": arrays.head_params}, q, method=MoLHead.query_side)
 
   def _mol_scores(self, arrays: IndexArrays, q_side: MoLQuerySide, rows: Array) -> Array:
-    """MoL scores of (B, S) candidate rows -> (B, S) float32."""
+    """MoL scores of (B, S) candidate rows -> (B, S) float32, in chunks of candidates."""
+    b, s = rows.shape
+    chunk = max(1, min(s, _RESCORE_PAIRS // max(b, 1)))
+    if chunk >= s:
+      return self._mol_scores_chunk(arrays, q_side, rows)
+    num_chunks = -(-s // chunk)
+    padded = jnp.pad(rows, ((0, 0), (0, num_chunks * chunk - s)))      # row 0: sliced off
+    chunks = padded.reshape(b, num_chunks, chunk).transpose(1, 0, 2)   # (C, B, chunk)
+    scores = jax.lax.map(lambda r: self._mol_scores_chunk(arrays, q_side, r), chunks)
+    return scores.transpose(1, 0, 2).reshape(b, -1)[:, :s]
+
+  def _mol_scores_chunk(self, arrays: IndexArrays, q_side: MoLQuerySide, rows: Array) -> Array:
+    """MoL scores of (B, S) candidate rows -> (B, S) float32, in one piece."""
     dt = MOL_DTYPES[self.mol_dtype]
     comps = arrays.item_components[rows].astype(dt)                     # (B, S, P_X, d)
     gate = None if arrays.item_gate is None else arrays.item_gate[rows].astype(dt)
@@ -332,7 +356,8 @@ class MoLIndex:
         sq = self.hindexer.apply({"params": arrays.hindexer_params}, q,
                                  method=HIndexer.embed_queries)
         table = arrays.hindexer_table
-      top = topk_lib.dot_topk(sq, table, k_prime, self.backend,
+      backend = self.stage1_backend(k_prime, b * table.num_rows)
+      top = topk_lib.dot_topk(sq, table, k_prime, backend,
                               _block_for(b, table.num_rows), self.recall_target)
       return top.ids, jnp.ones(top.ids.shape, bool)
     # per_component: (B * P) rows of pair scores, top-m per pair.
@@ -527,7 +552,7 @@ class MoLIndex:
     meta = {"head": _module_config(self.head),
             "hindexer": None if self.hindexer is None else _module_config(self.hindexer),
             "quantization": self.quantization, "mol_dtype": self.mol_dtype,
-            "backend": self.backend, "recall_target": self.recall_target}
+            "backend": self.backend_choice, "recall_target": self.recall_target}
     out["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **out)

@@ -13,7 +13,7 @@ Every backend returns `TopK(scores (B, k), ids (B, k))`, best first:
     'data' axis; each device takes its local top-k, the `(B, k)` results are all-gathered
     and merged. One code path for 1 and N devices.
 
-`best_backend()` names the backend measured fastest on the current platform.
+`best_backend()` names the backend measured fastest on the current platform (and k).
 """
 from __future__ import annotations
 
@@ -30,14 +30,16 @@ Array = jax.Array
 
 BACKENDS = ("exact", "approx", "blockwise")
 
-# CPU: measured by scripts/bench_retrieval.py on the shared 2-core AMD EPYC (jax 0.10.2,
-#   B=256, d=64, k=100, fp32), N=1e4: exact 9.1k, approx 10.6k, blockwise 9.4k q/s -- equal
-#   within the noise of that machine, so CPU defaults to blockwise, which never materialises
-#   the (B, N) matrix (1 GB at N=1e6). Re-check with the benchmark's machine.json
-#   ('stage1_backend_qps') at 1e6.
+# CPU (scripts/bench_retrieval.py, results/machine.json; 2-core AMD EPYC, jax 0.10.2, B=256,
+#   d=64, N=1e6, fp32): k=100: blockwise 788 q/s (group maxima, see blockwise_dot_topk),
+#   exact 301, approx 303, faiss IndexFlatIP 153. But the running top-k costs grow with k
+#   (k=10,000: exact 2.5 s, blockwise 13-33 s per batch), so for k > _CPU_BLOCKWISE_MAX_K the
+#   CPU default is one `lax.top_k` over the full matrix while that fits in _CPU_EXACT_MAX_SCORES.
 # GPU: one large `lax.top_k` over the full matrix (not measured here).
 # TPU: `approx_max_k` has a dedicated partial-reduce fast path (not measured here).
 _BEST = {"cpu": "blockwise", "gpu": "exact", "cuda": "exact", "rocm": "exact", "tpu": "approx"}
+_CPU_BLOCKWISE_MAX_K = 512
+_CPU_EXACT_MAX_SCORES = 1 << 28                 # 1 GiB of float32 scores
 
 
 class TopK(NamedTuple):
@@ -50,10 +52,21 @@ class TopK(NamedTuple):
   ids: Array
 
 
-def best_backend(platform: str | None = None) -> str:
-  """The backend measured fastest on `platform` (default: jax's default backend)."""
+def best_backend(platform: str | None = None, k: int | None = None,
+                 num_scores: int | None = None) -> str:
+  """The backend measured fastest on `platform` (default: jax's default backend).
+
+  Args:
+    platform: 'cpu', 'gpu', 'tpu', ... (default: jax's default backend).
+    k: results per query, when known (on CPU a large k favours one full top-k).
+    num_scores: B * N of the call, when known (bounds the full matrix on CPU).
+  """
   platform = platform or jax.default_backend()
-  return _BEST.get(platform, "exact")
+  best = _BEST.get(platform, "exact")
+  if (best == "blockwise" and k is not None and k > _CPU_BLOCKWISE_MAX_K
+      and (num_scores is None or num_scores <= _CPU_EXACT_MAX_SCORES)):
+    return "exact"
+  return best
 
 
 def exact_topk(scores: Array, k: int) -> TopK:
