@@ -200,16 +200,18 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
     qrng, nrng = jax.random.split(jax.random.fold_in(rng, i))
     qi = jax.random.choice(qrng, m, (b,), replace=False)
     negs = jax.random.randint(nrng, (num_negatives,), 0, n)
-    rows = jnp.concatenate([teacher_rows[qi], jnp.broadcast_to(negs, (b, num_negatives))],
-                           axis=-1)                                         # (b, C)
+    top = teacher_rows[qi]                                                  # (b, T)
+    rows = jnp.concatenate([top, jnp.broadcast_to(negs, (b, num_negatives))], axis=-1)
     q = queries[qi]
     target = jax.nn.softmax(mol_scores_fn(q, rows).astype(jnp.float32) / teacher_temperature)
     target = jax.lax.stop_gradient(target)
 
     def loss_fn(p):
-      hq = hindexer.apply({"params": p}, q, method=HIndexer.embed_queries)        # (b, h)
-      hi = hindexer.apply({"params": p}, items[rows], method=HIndexer.embed_items)  # (b, C, h)
-      logits = jnp.einsum("bh,bch->bc", hq, hi) / temperature
+      hq = hindexer.apply({"params": p}, q, method=HIndexer.embed_queries)          # (b, h)
+      h_top = hindexer.apply({"params": p}, items[top], method=HIndexer.embed_items)  # (b, T, h)
+      h_neg = hindexer.apply({"params": p}, items[negs], method=HIndexer.embed_items)  # (R, h)
+      logits = jnp.concatenate([jnp.einsum("bh,bth->bt", hq, h_top),
+                                jnp.einsum("bh,rh->br", hq, h_neg)], axis=-1) / temperature
       return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), axis=-1))
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
