@@ -66,7 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--per_component_max_pool", type=int, default=10_000,
                  help="skip the per_component generator above this pool size (its stage 1 "
                       "scores all P_Q x P_X component pairs: ~1/5 of exact MoL's FLOPs)")
-  p.add_argument("--throughput_generator", default="avg")
+  p.add_argument("--throughput_generator", default="",
+                 help="generator of the two-stage throughput runs (default: hindexer when "
+                      "it is among --generators, else avg)")
   p.add_argument("--throughput_k_primes", default="1000,2000,5000,10000",
                  help="k' values of the two-stage throughput runs")
   p.add_argument("--exact_mol_max_pool", type=int, default=1_000_000,
@@ -239,6 +241,8 @@ def main(argv=None) -> None:
   else:
     queries = sample(rng, args.batch, src.item_mean, src.item_chol)
 
+  if not args.throughput_generator:
+    args.throughput_generator = "hindexer" if "hindexer" in gens else "avg"
   h_params = None
   hindexer = HIndexer(dim=args.hindexer_dim, hidden=128)
   if "hindexer" in gens:
