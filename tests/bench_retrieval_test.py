@@ -44,3 +44,13 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   assert info["topk_backend"] and info["stage1_backend_qps"]
   assert (tmp_path / "fig3a_relative_recall.png").stat().st_size > 0
   assert (tmp_path / "fig3b_throughput.png").stat().st_size > 0
+
+
+def test_readme_retrieval_block_is_generated_from_results():
+  bench = _load_script()
+  block = bench.render(*bench.read_results(REPO / "results"))
+  readme = (REPO / "README.md").read_text()
+  start, end = readme.index(bench.BEGIN), readme.index(bench.END) + len(bench.END)
+  assert readme[start:end] == block, (
+      "README's retrieval block is stale: python scripts/bench_retrieval.py --report_only "
+      "--out_dir=results --readme=README.md")
