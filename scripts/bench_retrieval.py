@@ -214,7 +214,9 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   out = Path(args.out_dir)
   if args.report_only:
-    block = render(*read_results(out))
+    recall_rows, tput_rows, info = read_results(out)
+    plot(recall_rows, tput_rows, out)
+    block = render(recall_rows, tput_rows, info)
     print(block)
     if args.readme:
       write_readme_block(Path(args.readme), block)
@@ -534,12 +536,16 @@ def plot(recall_rows: list[dict], tput_rows: list[dict], out: Path) -> None:
     plt.close(fig)
   if tput_rows:
     fig, ax = plt.subplots(figsize=(6, 4))
-    series = sorted({(r["method"], r["quantization"]) for r in tput_rows})
-    for method, quant in series:
-      pts = sorted((r["pool_size"], r["qps"]) for r in tput_rows
+    syn = [r for r in tput_rows if r["pool"] == "synthetic"]
+    series = sorted({(r["method"], r["quantization"], r["k_prime"] or 0) for r in syn
+                     if r["method"] != "two_stage" or r["quantization"] == "fp32"})
+    for method, quant, kp in series:
+      pts = sorted((r["pool_size"], r["qps"]) for r in syn
                    if r["method"] == method and r["quantization"] == quant
-                   and r["pool"] == "synthetic")
-      ax.plot(*zip(*pts), marker="o", label=f"{method} / {quant}")
+                   and (r["k_prime"] or 0) == kp)
+      label = f"{method} / {quant}" + (f" / k'={kp}" if kp else "")
+      ax.plot(*zip(*pts), marker="o", label=label,
+              linestyle="--" if method == "two_stage" else "-")
     ax.set(xscale="log", yscale="log", xlabel="pool size N", ylabel="queries / s",
            title="Fig. 3b: throughput (batch %d)" % tput_rows[0]["batch"])
     ax.grid(alpha=0.3)
