@@ -31,8 +31,8 @@ Array = jax.Array
 BACKENDS = ("exact", "approx", "blockwise")
 
 # CPU (scripts/bench_retrieval.py, results/machine.json; 2-core AMD EPYC, jax 0.10.2, B=256,
-#   d=64, N=1e6, fp32): k=100: blockwise 788 q/s (group maxima, see blockwise_dot_topk),
-#   exact 301, approx 303, faiss IndexFlatIP 153. But the running top-k costs grow with k
+#   d=64, N=1e6, fp32): k=100: blockwise 741 q/s (group maxima, see blockwise_dot_topk),
+#   exact 291, approx 291, faiss IndexFlatIP 142. But the running top-k costs grow with k
 #   (k=10,000: exact 2.5 s, blockwise 13-33 s per batch), so for k > _CPU_BLOCKWISE_MAX_K the
 #   CPU default is one `lax.top_k` over the full matrix while that fits in _CPU_EXACT_MAX_SCORES.
 # GPU: one large `lax.top_k` over the full matrix (not measured here).
