@@ -27,8 +27,12 @@ flags.DEFINE_string("data_dir", None, "Override the run's data_dir.")
 FLAGS = flags.FLAGS
 
 
-def evaluate_workdir(workdir: str, split: str = "test", data_dir: str | None = None
-                     ) -> dict[str, float]:
+def restore_best(workdir: str, data_dir: str | None = None):
+  """A run's (config, sequences, split, model, best params, checkpoint meta) from its workdir.
+
+  Raises:
+    ConfigError: no config.json, or no best checkpoint yet.
+  """
   workdir_path = Path(workdir)
   config_file = workdir_path / "config.json"
   if not config_file.is_file():
@@ -39,14 +43,20 @@ def evaluate_workdir(workdir: str, split: str = "test", data_dir: str | None = N
     config.data_dir = data_dir
   seqs, sp = train.load_data(config)
   model = train.build_model(config, seqs.num_items)
-  mesh = sharding.make_mesh(config.train.num_devices or None)
   state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
   ckpt = Checkpointer(workdir_path)
   restored = ckpt.restore("best", {"params": state.params})
   ckpt.close()
   if restored is None:
     raise ConfigError(f"{workdir_path}/checkpoints/best holds no checkpoint yet; train first")
-  params = sharding.replicate(restored[0]["params"], mesh)
+  return config, seqs, sp, model, restored[0]["params"], restored[1]
+
+
+def evaluate_workdir(workdir: str, split: str = "test", data_dir: str | None = None
+                     ) -> dict[str, float]:
+  config, seqs, sp, model, params, _ = restore_best(workdir, data_dir)
+  mesh = sharding.make_mesh(config.train.num_devices or None)
+  params = sharding.replicate(params, mesh)
   batches = data_lib.EvalBatches(seqs, sp.eval_examples(split), config.max_len,
                                  config.eval.batch_size, config.eval.exclude_history)
   eval_step = jax.jit(train.make_eval_step(model, config, seqs.num_items))

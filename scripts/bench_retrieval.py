@@ -104,29 +104,17 @@ def load_source(checkpoint: str, seed: int) -> Source:
     dim = 50
     params = head.init(jax.random.key(seed), jnp.zeros((1, dim)), jnp.zeros((1, dim)))
     return Source(head, params["params"], np.zeros(dim), np.eye(dim), None, None)
-  import ml_collections
-  from jaxret import train
-  from jaxret.checkpoint import Checkpointer
+  from experiments.evaluate import restore_best
   from jaxret.data import EvalBatches
+  from jaxret.errors import ConfigError
   from jaxret.models.retrieval import RetrievalModel
-  workdir = Path(checkpoint)
-  config_file = workdir / "config.json"
-  if not config_file.is_file():
-    raise SystemExit(f"error: {config_file} not found: --checkpoint must be the workdir of a "
-                     f"run made by `python -m experiments.run --head=mol`")
-  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  try:
+    config, seqs, split, model, params, meta = restore_best(checkpoint)
+  except ConfigError as e:
+    raise SystemExit(f"error: --checkpoint: {e}") from None
   if config.head != "mol":
     raise SystemExit(f"error: {checkpoint} trained a {config.head!r} head; the retrieval "
                      f"benchmark needs a MoL run (--head=mol)")
-  seqs, split = train.load_data(config)
-  model = train.build_model(config, seqs.num_items)
-  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
-  ckpt = Checkpointer(workdir)
-  restored = ckpt.restore("best", {"params": state.params})
-  ckpt.close()
-  if restored is None:
-    raise SystemExit(f"error: no checkpoint under {checkpoint}/checkpoints/best; train first")
-  params = restored[0]["params"]
   ids = jnp.arange(1, seqs.num_items + 1, dtype=jnp.int32)
   items = np.asarray(model.apply({"params": params}, ids, method=RetrievalModel.embed_items),
                      np.float64)
@@ -138,7 +126,7 @@ def load_source(checkpoint: str, seed: int) -> Source:
                             for b in batches])
   mean = items.mean(0)
   chol = np.linalg.cholesky(np.cov(items, rowvar=False) + 1e-6 * np.eye(items.shape[1]))
-  print(f"MoL head from {checkpoint} (best checkpoint, epoch {restored[1].get('epoch')}): "
+  print(f"MoL head from {checkpoint} (best checkpoint, epoch {meta.get('epoch')}): "
         f"{len(items)} items, {len(queries)} real test queries")
   return Source(model.head, params["head"], mean, chol, queries.astype(np.float32),
                 items.astype(np.float32))
