@@ -58,7 +58,8 @@ def evaluate_workdir(workdir: str, split: str = "test", data_dir: str | None = N
   mesh = sharding.make_mesh(config.train.num_devices or None)
   params = sharding.replicate(params, mesh)
   batches = data_lib.EvalBatches(seqs, sp.eval_examples(split), config.max_len,
-                                 config.eval.batch_size, config.eval.exclude_history)
+                                 config.eval.batch_size, config.eval.exclude_history,
+                                 length_buckets=tuple(config.train.get("length_buckets", ())))
   eval_step = jax.jit(train.make_eval_step(model, config, seqs.num_items))
   return train.evaluate(eval_step, params, batches, mesh, split)
 

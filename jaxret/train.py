@@ -120,17 +120,23 @@ def _aux_sum(variables: Any) -> jax.Array:
 
 
 def select_positions(rng: jax.Array, mask: jax.Array, targets: jax.Array, negatives: jax.Array,
-                     budget: float):
-  """Picks T = ceil(budget * B * L) positions to score: every real one when they fit, else a
-  uniform random subset of the real ones. Returns (positions (T,), targets (T,), mask (T,),
+                     budget: float, full_len: int | None = None):
+  """Picks T = ceil(budget * B * full_len) positions to score (full_len: the batch's L by
+  default; the run's max_len when batches are cut to length buckets, so the budget is a
+  count of positions, whatever the bucket): every real one when they fit, else a uniform
+  random subset of the real ones. Returns (positions (T,), targets (T,), mask (T,),
   negatives (R,) or (T, R)). Padding is about half of ML-1M's positions at L=200, so a
   budget of ~0.6 halves the head's cost (MoL's dominant one) without dropping real targets
-  in most batches.
+  in most batches. A budget of at least all B * L positions keeps them all (T = B * L).
   """
   flat_mask = mask.reshape(-1)
-  t = max(1, math.ceil(budget * flat_mask.shape[0]))
-  priority = (flat_mask > 0) + jax.random.uniform(rng, flat_mask.shape)  # real ones first
-  _, positions = jax.lax.top_k(priority, t)
+  full = flat_mask.shape[0] if full_len is None else mask.shape[0] * full_len
+  t = min(flat_mask.shape[0], max(1, math.ceil(budget * full)))
+  if t == flat_mask.shape[0]:
+    positions = jnp.arange(t, dtype=jnp.int32)
+  else:
+    priority = (flat_mask > 0) + jax.random.uniform(rng, flat_mask.shape)  # real ones first
+    _, positions = jax.lax.top_k(priority, t)
   sel_targets = targets.reshape(-1)[positions]
   sel_mask = flat_mask[positions]
   if negatives.ndim > 1:
@@ -201,6 +207,7 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   aux_weight = float(config.get("mol_aux_weight", 0.0))
   budget = float(config.train.get("position_budget", 1.0))
   chunk = int(config.train.get("score_chunk", -1))
+  bucket_full_len = int(config.max_len) if config.train.get("length_buckets") else None
   if chunk < 0:  # auto: MoL's (chunk, R, P) gating runs faster chunked; the MLP head's
     # (T, R, hidden) activations need it to fit (bench_train: peak RSS 8.9 -> 1.6 GB at equal
     # step time with 256); cheap heads run unchunked.
@@ -220,7 +227,7 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
 
     if budget < 1.0:
       positions, targets, mask, negatives = select_positions(
-          pos_rng, mask, targets, negatives, budget)
+          pos_rng, mask, targets, negatives, budget, bucket_full_len)
     else:
       positions = None
       targets, mask = targets.reshape(-1), mask.reshape(-1)
@@ -399,6 +406,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
     raise ConfigError(f"--config.eval.ks must be positive integer cutoffs, e.g. (1,10,50), "
                       f"got {ks!r}")
+  try:
+    data_lib.batches.check_buckets(config.train.get("length_buckets"), config.max_len)
+  except ValueError as e:
+    raise ConfigError(f"--config.train.length_buckets: {e}") from None
   metric_k = _metric_cutoff(config.eval.metric)
   if metric_k is not None and metric_k not in ks:
     raise ConfigError(f"--config.eval.metric={config.eval.metric} needs the cutoff {metric_k} "
@@ -444,12 +455,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   num_items = seqs.num_items
   ks = eval_cutoffs(config, num_items)
   model = build_model(config, num_items)
-  train_batches = data_lib.TrainBatches(seqs, split, config.max_len, config.train.batch_size)
+  buckets = tuple(config.train.get("length_buckets", ()))
+  train_batches = data_lib.TrainBatches(seqs, split, config.max_len, config.train.batch_size,
+                                        buckets)
   valid_batches = data_lib.EvalBatches(
       seqs, split.valid, config.max_len, config.eval.batch_size, config.eval.exclude_history,
-      max_examples=config.eval.max_valid_examples or None, seed=config.seed)
+      max_examples=config.eval.max_valid_examples or None, seed=config.seed,
+      length_buckets=buckets)
   test_batches = data_lib.EvalBatches(seqs, split.test, config.max_len, config.eval.batch_size,
-                                      config.eval.exclude_history)
+                                      config.eval.exclude_history, length_buckets=buckets)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json(indent=2))
   log(f"{config.dataset}: {seqs.num_users} users, {num_items} items, "

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
+from jaxret.models.layers import ByteDropout
 from jaxret.registry import Registry
 
 ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
@@ -90,7 +91,7 @@ class _CausalSelfAttention(nn.Module):
     logits = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32)
     logits = jnp.where(allowed, logits, jnp.float32(-1e9))
     probs = jax.nn.softmax(logits, axis=-1)
-    probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
+    probs = ByteDropout(self.dropout)(probs, deterministic=deterministic)
     out = jnp.einsum("bhts,bshd->bthd", probs.astype(self.dtype), v)
     return nn.DenseGeneral(
         self.dim, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
@@ -110,7 +111,7 @@ class _SASRecBlock(nn.Module):
     """Maps `x` (B, L, D) to (B, L, D); `allowed` is (B, 1, L, L)."""
     ln = lambda name: nn.LayerNorm(
         epsilon=1e-8, dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    drop = nn.Dropout(self.dropout)
+    drop = ByteDropout(self.dropout)
     h = _CausalSelfAttention(
         self.num_heads, self.dim, self.dropout, dtype=self.dtype,
         name="attention")(ln("attention_norm")(x), allowed,
@@ -153,7 +154,8 @@ class SASRec(nn.Module):
     are zeroed after every block and at the output. Every query may attend to
     itself, so a padded query (whose causal keys are all padding) sees only
     itself and an all-padding row stays finite.
-  * Dropout (rate ``dropout``) on the embeddings, attention probabilities,
+  * Dropout (rate ``dropout``, masks from one random byte per element: ``ByteDropout``)
+    on the embeddings, attention probabilities,
     attention output, FFN hidden and FFN output; only when
     ``deterministic=False`` (needs a ``'dropout'`` rng).
   * ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters are
@@ -195,7 +197,7 @@ class SASRec(nn.Module):
         self.max_len, self.dim,
         embedding_init=nn.initializers.normal(stddev=0.02),
         dtype=self.dtype, param_dtype=jnp.float32)
-    self.embedding_dropout = nn.Dropout(self.dropout)
+    self.embedding_dropout = ByteDropout(self.dropout)
     self.blocks = [
         _SASRecBlock(self.num_heads, self.dim, self.dropout,
                      activation=self.activation, dtype=self.dtype,
