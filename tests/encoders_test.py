@@ -105,6 +105,20 @@ def test_sasrec_left_padding_invariance(sasrec_and_params):
   # fills it, so this covers 3, 4 and 7 extra padding positions.
 
 
+def test_sasrec_last_query_equals_the_full_last_position(sasrec_and_params):
+  model, params = sasrec_and_params
+  batch = _batch()
+  full = np.asarray(model.apply(params, batch))[:, -1]
+  last = np.asarray(model.apply(params, batch, method=encoders.SASRec.last_query))
+  assert last.shape == full.shape
+  np.testing.assert_allclose(last, full, rtol=1e-5, atol=1e-6)
+  three = _sasrec(num_blocks=3)
+  p3 = three.init(jax.random.key(3), batch)
+  np.testing.assert_allclose(
+      np.asarray(three.apply(p3, batch, method=encoders.SASRec.last_query)),
+      np.asarray(three.apply(p3, batch))[:, -1], rtol=1e-5, atol=1e-6)
+
+
 def test_sasrec_too_long_raises(sasrec_and_params):
   model, params = sasrec_and_params
   with pytest.raises(ValueError, match="max_len"):

@@ -101,4 +101,6 @@ class RetrievalModel(nn.Module):
 
   def last_query(self, inputs: jax.Array) -> jax.Array:
     """(B, L) left-padded histories -> (B, D) query after the whole history."""
+    if hasattr(self.encoder, "last_query"):  # computes the last position only
+      return self.encoder.last_query(inputs)
     return self.encode(inputs, deterministic=True)[:, -1]
