@@ -2,11 +2,18 @@
 
   python scripts/bench_train.py [--out=results/bench_train.json] [--heads=dot,mlp,fm,neural_fm,mol]
       [--losses=bce,ss] [--dtypes=float32] [--steps=10] [--batch_size=64]
-      [--position_budget=0.6] [--score_chunk=-1]
+      [--position_budget=0.6] [--score_chunk=-1] [--length_buckets=64,128,200]
+      [--append]
 
 Each (encoder, head, loss, dtype) runs in its own subprocess (so peak RSS is its own) on the
-real `ml-1m-half` shapes (set JAXRET_DATA_DIR). Prints ratios measured in the same run:
-each head's step time over the dot head's, and bf16 over fp32.
+real `ml-1m-half` shapes (set JAXRET_DATA_DIR), with the entry points' allocator settings
+(`experiments.cli.tune_allocator`). Prints ratios measured in the same run: each head's step
+time over the dot head's, and bf16 over fp32.
+
+With --length_buckets the batches are cut to those lengths as in training
+(`--config.train.length_buckets`): every bucket's shape is compiled first (warm-up), then
+`step_ms` is the mean over the next --steps batches of the epoch (their mix of lengths), and
+`compiles_after_first` counts compilations after each shape's first step.
 """
 from __future__ import annotations
 
@@ -31,15 +38,20 @@ def measure(args: argparse.Namespace) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
+  from experiments import cli
   from experiments.configs import default
   from jaxret import data as data_lib
   from jaxret import sharding, train
+
+  cli.tune_allocator()
 
   c = default.get_config()
   c.dataset, c.encoder, c.head, c.loss = args.dataset, args.encoder, args.head, args.loss
   c.train.batch_size = args.batch_size
   c.train.position_budget = args.position_budget
   c.train.score_chunk = args.score_chunk
+  buckets = tuple(int(b) for b in args.length_buckets.split(",") if b)
+  c.train.length_buckets = buckets
   if args.dtype == "bfloat16":  # bf16 compute, fp32 master weights (params stay fp32)
     for section in (c.encoder, c.head):
       c[section]["dtype"] = jnp.bfloat16
@@ -50,41 +62,61 @@ def measure(args: argparse.Namespace) -> dict:
   state = sharding.replicate(train.init_state(c, model, seqs.num_items, jax.random.key(0), svd),
                              mesh)
   step = jax.jit(train.make_train_step(model, c, seqs.num_items), donate_argnums=0)
-  batches = data_lib.TrainBatches(seqs, split, c.max_len, c.train.batch_size)
-  it = batches.epoch(0, 0)
+  batches = data_lib.TrainBatches(seqs, split, c.max_len, c.train.batch_size, buckets)
+
+  def stream():
+    epoch = 0
+    while True:
+      yield from batches.epoch(0, epoch)
+      epoch += 1
+
+  it = stream()
   rng = jax.random.key(1)
   t0 = time.perf_counter()
   state, m = step(state, sharding.shard_batch(next(it), mesh), rng)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
-  times, positions = [], []
+  num_shapes = len(batches.lengths)
+  seen = set()
+  while len(seen) < num_shapes:                  # compile every bucket's shape first
+    batch = next(it)
+    seen.add(batch["inputs"].shape[1])
+    state, m = step(state, sharding.shard_batch(batch, mesh), rng)
+  jax.block_until_ready(m)
+  times, positions, timed = [], [], []
   for i in range(args.warmup + args.steps):
-    batch = next(it, None)
-    if batch is None:
-      it = batches.epoch(0, 1)
-      batch = next(it)
+    batch = next(it)
     t = time.perf_counter()
     state, m = step(state, sharding.shard_batch(batch, mesh), rng)
     jax.block_until_ready(m)
     if i >= args.warmup:
       times.append(time.perf_counter() - t)
       positions.append(float(m["positions"]))
-  step_s = statistics.median(times)
-  # XLA's cost analysis counts a loop body once, so count FLOPs on the unchunked step.
+      timed.append(batch)
+  step_s = statistics.mean(times) if buckets else statistics.median(times)
+  # XLA's cost analysis counts a loop body once, so count FLOPs on the unchunked step (per
+  # batch shape, averaged over the timed batches).
   unchunked = c.copy_and_resolve_references()
   unchunked.train.score_chunk = 0
-  cost = jax.jit(train.make_train_step(model, unchunked, seqs.num_items)).lower(
-      state, sharding.shard_batch(batch, mesh), rng).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_step = jax.jit(train.make_train_step(model, unchunked, seqs.num_items))
+  flops_of = {}
+  for b in timed:
+    width = b["inputs"].shape[1]
+    if width not in flops_of:
+      cost = flops_step.lower(state, sharding.shard_batch(b, mesh), rng).cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      flops_of[width] = float(cost.get("flops", float("nan")))
+  cost = {"flops": statistics.mean(flops_of[b["inputs"].shape[1]] for b in timed)}
   return {
       "encoder": c.encoder, "head": c.head, "loss": c.loss, "dtype": args.dtype,
       "batch": c.train.batch_size, "position_budget": c.train.position_budget,
+      "length_buckets": list(buckets),
       "score_chunk": c.train.score_chunk,
       "num_negatives": train.num_negatives(c),
       "step_ms": 1000 * step_s, "compile_s": compile_s,
       "positions_per_s": statistics.mean(positions) / step_s,
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      "compiles_after_first": step._cache_size() - 1,
+      "compiles_after_first": step._cache_size() - num_shapes,
       "gflops_per_step": float(cost.get("flops", float("nan"))) / 1e9,
       "achieved_gflops_per_s": float(cost.get("flops", float("nan"))) / 1e9 / step_s,
       "steps_timed": len(times),
@@ -102,6 +134,10 @@ def main() -> None:
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--position_budget", type=float, default=0.6)
   p.add_argument("--score_chunk", type=int, default=-1, help="-1: the trainer's auto choice")
+  p.add_argument("--length_buckets", default="",
+                 help="comma-separated bucket lengths ending at max_len (default: off)")
+  p.add_argument("--append", action="store_true",
+                 help="add the records to --out instead of replacing it")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -120,7 +156,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", f"--head={head}", f"--loss={loss}",
                f"--dtype={dtype}", f"--dataset={args.dataset}", f"--encoder={args.encoder}",
                f"--batch_size={args.batch_size}", f"--position_budget={args.position_budget}",
-               f"--score_chunk={args.score_chunk}",
+               f"--score_chunk={args.score_chunk}", f"--length_buckets={args.length_buckets}",
                f"--steps={args.steps}", f"--warmup={args.warmup}"]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                            env={**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")})
@@ -135,7 +171,7 @@ def main() -> None:
               f"compile {rec['compile_s']:5.1f} s  {rec['positions_per_s']:9.0f} pos/s  "
               f"rss {rec['peak_rss_mb']:6.0f} MB  recompiles {rec['compiles_after_first']}",
               flush=True)
-  by = {(r["head"], r["loss"], r["dtype"]): r for r in records}
+  by = {(r["head"], r["loss"], r["dtype"]): r for r in records}  # one --length_buckets per run
   for (head, loss, dtype), r in sorted(by.items()):
     dot = by.get(("dot", loss, dtype))
     if dot and head != "dot":
@@ -150,7 +186,8 @@ def main() -> None:
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
-  out.write_text(json.dumps([{**r, "machine": machine} for r in records], indent=2))
+  previous = json.loads(out.read_text()) if args.append and out.exists() else []
+  out.write_text(json.dumps(previous + [{**r, "machine": machine} for r in records], indent=2))
   print(f"wrote {out}")
 
 

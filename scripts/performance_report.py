@@ -34,10 +34,12 @@ def time_to_quality(run_dir: Path, metric: str = "ndcg@10") -> dict:
   first = next(r for r in valid if r[metric] >= QUALITY_FRACTION * best)
   last = records[-1]
   return {
-      "run": run_dir.name, "encoder": config["encoder"], "head": config["head"],
+      "run": f"{run_dir.parent.name}/{run_dir.name}", "encoder": config["encoder"],
+      "head": config["head"],
       "loss": config["loss"], "dataset": config["dataset"],
       "batch": config["train"]["batch_size"],
       "position_budget": config["train"].get("position_budget", 1.0),
+      "length_buckets": list(config["train"].get("length_buckets") or []),
       "metric": metric, "best_valid": best,
       "best_epoch": best_epoch,
       "epochs": max(r["epoch"] for r in records),
@@ -57,12 +59,14 @@ def render(report: dict) -> str:
   bench = report.get("bench", [])
   if bench:
     lines += [f"Training step, SASRec encoder on `ml-1m-half` shapes ({bench[0]['machine']}):",
-              "", "| head | loss | dtype | batch | step ms | vs dot | compile s | positions/s | "
-              "peak RSS MB | recompiles |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "", "| head | loss | dtype | batch | lengths | step ms | vs dot | compile s | "
+              "positions/s | peak RSS MB | recompiles |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench:
       ratio = r.get("step_ratio_vs_dot")
       lines.append(
-          f"| {r['head']} | {r['loss']} | {r['dtype']} | {r['batch']} | {r['step_ms']:.0f} | "
+          f"| {r['head']} | {r['loss']} | {r['dtype']} | {r['batch']} | "
+          f"{_lengths(r.get('length_buckets'))} | {r['step_ms']:.0f} | "
           f"{'1.00' if r['head'] == 'dot' else f'{ratio:.2f}' if ratio else '-'} | "
           f"{r['compile_s']:.1f} | {r['positions_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | "
           f"{r['compiles_after_first']} |")
@@ -71,13 +75,16 @@ def render(report: dict) -> str:
   if runs:
     lines += ["Time to quality (wall time including compilation and every validation pass; "
               f"quality = {QUALITY_FRACTION:.0%} of the run's best validation NDCG@10):", "",
-              "| run | batch | epochs (best) | early-stopped | best valid NDCG@10 | "
-              "time to 95% | epoch | whole run | test HR@10 | test NDCG@10 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| run | batch | lengths | budget | epochs (best) | early-stopped | "
+              "best valid NDCG@10 | time to 95% | epoch | whole run | test HR@10 | "
+              "test NDCG@10 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
       t = r["test"]
       lines.append(
-          f"| {r['encoder']}+{r['head']}+{r['loss']} | {r['batch']} | {r['epochs']} "
+          f"| {r['encoder']}+{r['head']}+{r['loss']} ({r['run']}) | {r['batch']} | "
+          f"{_lengths(r.get('length_buckets'))} | {r.get('position_budget', 1.0):g} | "
+          f"{r['epochs']} "
           f"({r['best_epoch']}) | {'yes' if r['early_stopped'] else 'no'} | "
           f"{r['best_valid']:.4f} | {r['time_to_quality_s'] / 60:.1f} min | "
           f"{r['epoch_to_quality']} | {r['run_time_s'] / 60:.1f} min | "
@@ -89,6 +96,11 @@ def render(report: dict) -> str:
     lines.append("")
   lines.append(END)
   return "\n".join(lines)
+
+
+def _lengths(buckets) -> str:
+  """'64/128/200' for length-bucketed batches, 'full' for max_len-long ones."""
+  return "/".join(str(b) for b in buckets) if buckets else "full"
 
 
 def replace_block(text: str, block: str) -> str:
