@@ -10,7 +10,7 @@ from jaxret.data import batches, splits
 from jaxret.errors import ConfigError
 from jaxret.models.layers import ByteDropout, byte_rate
 from data_test import synthetic_sequences
-from train_test import tiny_config
+from train_test import jitted_train_step, tiny_config
 
 BUCKETS = (2, 4, 6)
 
@@ -113,12 +113,7 @@ def test_bucketed_training_compiles_once_per_bucket_and_learns(tiny_dir, tmp_pat
   config = tiny_config(tiny_dir, head="dot", **{"train.length_buckets": BUCKETS})
   config.max_len = 6
   config.train.position_budget = 0.5
-  seqs, split = train.load_data(config)
-  model = train.build_model(config, seqs.num_items)
-  mesh = sharding.make_mesh(1)
-  state = sharding.replicate(train.init_state(config, model, seqs.num_items,
-                                              jax.random.key(0)), mesh)
-  step = jax.jit(train.make_train_step(model, config, seqs.num_items), donate_argnums=0)
+  seqs, split, mesh, state, step = jitted_train_step(config)
   tb = data_lib.TrainBatches(seqs, split, 6, 16, BUCKETS)
   losses, widths = [], set()
   for epoch in range(12):

@@ -106,14 +106,20 @@ def test_full_softmax_loss_learns(tiny_dir):
   assert last < first
 
 
-def test_train_step_compiles_once(tiny_dir):
-  config = tiny_config(tiny_dir, head="mol")
+def jitted_train_step(config):
+  """(seqs, split, mesh, replicated initial state, jitted train step) of a config."""
   seqs, split = train.load_data(config)
   model = train.build_model(config, seqs.num_items)
   mesh = sharding.make_mesh(1)
   state = sharding.replicate(train.init_state(config, model, seqs.num_items,
                                               jax.random.key(0)), mesh)
   step = jax.jit(train.make_train_step(model, config, seqs.num_items), donate_argnums=0)
+  return seqs, split, mesh, state, step
+
+
+def test_train_step_compiles_once(tiny_dir):
+  config = tiny_config(tiny_dir, head="mol")
+  seqs, split, mesh, state, step = jitted_train_step(config)
   batches = data_lib.TrainBatches(seqs, split, config.max_len, 16)
   for epoch in range(2):
     for batch in batches.epoch(0, epoch):
