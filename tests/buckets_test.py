@@ -84,6 +84,13 @@ def test_bad_buckets_name_the_problem(bad, match):
     batches.check_buckets(bad, 6)
 
 
+def test_buckets_above_max_len_are_clipped():
+  assert batches.check_buckets((64, 128, 200), 100) == (64, 100)
+  assert batches.check_buckets((64, 128, 200), 8) == (8,)
+  assert batches.check_buckets((2, 6), 6) == (2, 6)
+  assert batches.check_buckets((), 6) == batches.check_buckets(None, 6) == (6,)
+
+
 def test_bad_buckets_fail_config_validation(tiny_dir):
   config = tiny_config(tiny_dir, **{"train.length_buckets": (4, 2)})
   with pytest.raises(ConfigError, match="--config.train.length_buckets: .*increasing"):

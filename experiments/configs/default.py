@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   # once; -1 = auto: 32 for MoL, else 0). Keeps the head's (chunk, R, ...) intermediates
   # small and recomputes them in the backward pass: ~2x faster for MoL on CPU.
   c.train.score_chunk = -1
-  # Training batches cut to length buckets, e.g. (64, 128, 200) (the last = max_len): each
+  # Training batches cut to length buckets, e.g. (64, 128, 200) (clipped to max_len): each
   # batch holds users of one bucket and is L_b long, so short histories skip most of the
   # O(L^2) attention over padding. One compiled step per bucket. () = off (every batch L).
   c.train.length_buckets = ()

@@ -33,8 +33,8 @@ class TrainBatches:
   A user's example is the last `max_len + 1` items of their training prefix:
   inputs = items[:-1], targets = items[1:], both left-padded to (max_len,).
 
-  With `length_buckets` (increasing lengths, the last = max_len), each example goes to the
-  shortest bucket that holds its inputs and every batch holds examples of one bucket only,
+  With `length_buckets` (increasing lengths reaching max_len; see `check_buckets`), each
+  example goes to the shortest bucket that holds its inputs and every batch holds examples of one bucket only,
   cut to that bucket's length: (B, L_b) instead of (B, max_len). SASRec's positions count
   from the most recent item, so a real position's query is the same at any padding, and
   attention's O(L^2) cost shrinks with the batch length. The epoch's batches come from all
@@ -102,7 +102,9 @@ class TrainBatches:
 
 
 def check_buckets(length_buckets, max_len: int) -> tuple[int, ...]:
-  """Validated bucket lengths: increasing positive ints ending at max_len ((max_len,) if none).
+  """Validated bucket lengths: increasing positive ints; lengths above max_len are clipped to
+  it (so (64, 128, 200) under max_len=100 is (64, 100)), and the last must reach max_len.
+  None or () gives (max_len,).
 
   Raises:
     ValueError: naming the problem and a valid setting.
@@ -117,10 +119,10 @@ def check_buckets(length_buckets, max_len: int) -> tuple[int, ...]:
   if any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
     raise ValueError(f"length_buckets must be increasing positive lengths, got {buckets}; e.g. "
                      f"(64, 128, {max_len})")
-  if buckets[-1] != max_len:
+  if buckets[-1] < max_len:
     raise ValueError(f"the last of length_buckets={buckets} must be max_len={max_len} (the "
                      f"longest inputs go there); e.g. {tuple(b for b in buckets if b < max_len) + (max_len,)}")
-  return buckets
+  return tuple(b for b in buckets if b < max_len) + (max_len,)
 
 
 class EvalBatches:
