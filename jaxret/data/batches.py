@@ -37,8 +37,9 @@ class TrainBatches:
   example goes to the shortest bucket that holds its inputs and every batch holds examples
   of one bucket only, cut to that bucket's length: (B, L_b) instead of (B, max_len).
   SASRec's positions count from the most recent item, so a real position's query is the
-  same at any padding, and attention's O(L^2) cost shrinks with the batch length. The epoch's batches come from all
-  buckets in one shuffled order; a jitted step compiles once per bucket length.
+  same at any padding, and attention's O(L^2) cost shrinks with the batch length. The
+  epoch's batches come from all buckets in one shuffled order; a jitted step compiles once
+  per bucket length.
   """
 
   def __init__(self, seqs: Sequences, split: Split, max_len: int, batch_size: int,
