@@ -120,10 +120,11 @@ def check_buckets(length_buckets, max_len: int) -> tuple[int, ...]:
   if any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
     raise ValueError(f"length_buckets must be increasing positive lengths, got {buckets}; e.g. "
                      f"(64, 128, {max_len})")
+  clipped = tuple(b for b in buckets if b < max_len) + (max_len,)
   if buckets[-1] < max_len:
     raise ValueError(f"the last of length_buckets={buckets} must be max_len={max_len} (the "
-                     f"longest inputs go there); e.g. {tuple(b for b in buckets if b < max_len) + (max_len,)}")
-  return tuple(b for b in buckets if b < max_len) + (max_len,)
+                     f"longest inputs go there); e.g. {clipped}")
+  return clipped
 
 
 class EvalBatches:
