@@ -59,7 +59,7 @@ def evaluate_workdir(workdir: str, split: str = "test", data_dir: str | None = N
   params = sharding.replicate(params, mesh)
   batches = data_lib.EvalBatches(seqs, sp.eval_examples(split), config.max_len,
                                  config.eval.batch_size, config.eval.exclude_history,
-                                 length_buckets=tuple(config.train.get("length_buckets", ())))
+                                 length_buckets=train.length_buckets(config))
   eval_step = jax.jit(train.make_eval_step(model, config, seqs.num_items))
   return train.evaluate(eval_step, params, batches, mesh, split)
 

@@ -197,6 +197,12 @@ def score_positions(model: RetrievalModel, variables: Any, queries: jax.Array,
           jnp.mean(aux))
 
 
+def length_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The run's `train.length_buckets` as given (() = full-length batches; older configs lack
+  the field)."""
+  return tuple(config.train.get("length_buckets") or ())
+
+
 def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
                     num_items: int) -> Callable:
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`."""
@@ -207,7 +213,7 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   aux_weight = float(config.get("mol_aux_weight", 0.0))
   budget = float(config.train.get("position_budget", 1.0))
   chunk = int(config.train.get("score_chunk", -1))
-  bucket_full_len = int(config.max_len) if config.train.get("length_buckets") else None
+  bucket_full_len = int(config.max_len) if length_buckets(config) else None
   if chunk < 0:  # auto: MoL's (chunk, R, P) gating runs faster chunked; the MLP head's
     # (T, R, hidden) activations need it to fit (bench_train: peak RSS 8.9 -> 1.6 GB at equal
     # step time with 256); cheap heads run unchunked.
@@ -407,7 +413,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"--config.eval.ks must be positive integer cutoffs, e.g. (1,10,50), "
                       f"got {ks!r}")
   try:
-    data_lib.batches.check_buckets(config.train.get("length_buckets"), config.max_len)
+    data_lib.batches.check_buckets(length_buckets(config), config.max_len)
   except ValueError as e:
     raise ConfigError(f"--config.train.length_buckets: {e}") from None
   metric_k = _metric_cutoff(config.eval.metric)
@@ -455,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   num_items = seqs.num_items
   ks = eval_cutoffs(config, num_items)
   model = build_model(config, num_items)
-  buckets = tuple(config.train.get("length_buckets", ()))
+  buckets = length_buckets(config)
   train_batches = data_lib.TrainBatches(seqs, split, config.max_len, config.train.batch_size,
                                         buckets)
   valid_batches = data_lib.EvalBatches(

@@ -50,8 +50,8 @@ def measure(args: argparse.Namespace) -> dict:
   c.train.batch_size = args.batch_size
   c.train.position_budget = args.position_budget
   c.train.score_chunk = args.score_chunk
-  buckets = tuple(int(b) for b in args.length_buckets.split(",") if b)
-  c.train.length_buckets = buckets
+  c.train.length_buckets = tuple(int(b) for b in args.length_buckets.split(",") if b)
+  buckets = train.length_buckets(c)
   if args.dtype == "bfloat16":  # bf16 compute, fp32 master weights (params stay fp32)
     for section in (c.encoder, c.head):
       c[section]["dtype"] = jnp.bfloat16
@@ -76,7 +76,7 @@ def measure(args: argparse.Namespace) -> dict:
   state, m = step(state, sharding.shard_batch(next(it), mesh), rng)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
-  num_shapes = len(batches.lengths)
+  num_shapes = len(batches.buckets)
   seen = set()
   while len(seen) < num_shapes:                  # compile every bucket's shape first
     batch = next(it)

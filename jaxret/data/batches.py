@@ -59,11 +59,6 @@ class TrainBatches:
     return len(self.users)
 
   @property
-  def lengths(self) -> tuple[int, ...]:
-    """The input lengths of this run's batches (one per bucket)."""
-    return self.buckets
-
-  @property
   def steps_per_epoch(self) -> int:
     counts = np.bincount(self.bucket_of, minlength=len(self.buckets))
     return int(sum(-(-int(c) // self.batch_size) for c in counts))
