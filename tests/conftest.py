@@ -8,3 +8,19 @@ for _flag in ("--xla_force_host_platform_device_count=8",
               "--xla_cpu_collective_call_terminate_timeout_seconds=600"):
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+# Subprocess runs of the CLI (train, resume, evaluate, reproduce) share one persistent XLA
+# compilation cache, so only the first run of a configuration compiles. jax is imported
+# first so the in-process tests, whose programs are all different, don't write to it.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402,F401
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="jaxret-tests-xla-cache-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

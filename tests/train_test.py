@@ -1,10 +1,8 @@
 """Training: every (encoder, head, loss) learns; the loop checkpoints, resumes and re-evaluates."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -152,34 +150,15 @@ def cli_args(tiny_dir, workdir, epochs=10):
           "--config.eval.ks=(1,5,10)", "--config.eval.patience=0"]
 
 
-def test_run_resume_after_kill_and_evaluate(tiny_dir, tmp_path):
-  """A run killed with SIGKILL and restarted ends with the uninterrupted run's metrics."""
-  ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+def test_run_then_evaluate_reproduces_test_metrics(tiny_dir, tmp_path):
+  """`experiments.evaluate` recomputes a finished run's test_metrics.json exactly from its
+  checkpoint. (Resuming a killed run is faults_test's: SIGKILL at 10 moments.)"""
+  ref_dir = tmp_path / "ref"
   r = run_cli(*cli_args(tiny_dir, ref_dir))
   assert r.returncode == 0, r.stderr[-2000:]
   reference = json.loads((ref_dir / "test_metrics.json").read_text())
   assert len((ref_dir / "metrics.jsonl").read_text().splitlines()) == 10 * 2 + 1
 
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.Popen([sys.executable, "-m", *cli_args(tiny_dir, killed_dir)], cwd=REPO,
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  latest = killed_dir / "checkpoints" / "latest"
-  deadline = time.time() + 240
-  while time.time() < deadline and not (latest.is_dir() and any(
-      p.name.isdigit() and int(p.name) >= 6 for p in latest.iterdir())):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed_dir / "test_metrics.json").exists(), "the run finished before the kill"
-  r = run_cli(*cli_args(tiny_dir, killed_dir))
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "resumed from" in r.stdout + r.stderr
-  resumed = json.loads((killed_dir / "test_metrics.json").read_text())
-  for k, v in reference.items():
-    if k != "train_time":
-      assert resumed[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
-
-  # evaluate reproduces test_metrics.json exactly from the checkpoint.
   r = run_cli("experiments.evaluate", f"--workdir={ref_dir}")
   assert r.returncode == 0, r.stderr[-2000:]
   again = json.loads((ref_dir / "test_metrics_eval.json").read_text())
