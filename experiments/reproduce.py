@@ -7,7 +7,8 @@
 
 Each run trains in <workdir_root>/<table>/<row>/s<seed> from the row's config
 (experiments/configs/rows/<table>_<row>.py). A run with a test_metrics.json is finished and
-skipped; any other resumes from its checkpoint. Then <out_dir>/<table>.csv (long form),
+skipped (unless the row's eval.patience grew: then it trains on from its last checkpoint);
+any other resumes from its checkpoint. Then <out_dir>/<table>.csv (long form),
 <out_dir>/<table>.md and two PNGs are rebuilt from every finished run under the table's folder,
 and the README block between `<!-- reproduce:<table>:begin -->` and `...:end -->` from the md.
 Smoke runs: `--epochs=N` and `--config.FIELD=VALUE` overrides (applied to every row), with
@@ -188,16 +189,39 @@ _FREE_FIELDS = frozenset({"data_dir", "train.num_devices", "eval.batch_size",
                           "eval.chunk_size"})
 
 
+def _stored_config(workdir: Path) -> dict[str, Any] | None:
+  path = workdir / "config.json"
+  return traverse_util.flatten_dict(json.loads(path.read_text()), sep=".") if path.exists() \
+      else None
+
+
+def _patience_grows(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+  """A larger `eval.patience` (0 = never stop) continues a run exactly: early stopping only
+  decides when training ends, so a run stopped at patience p is the first part of the same
+  run under any patience above p."""
+  old, new = stored.get("eval.patience"), wanted.get("eval.patience")
+  return old is not None and new is not None and old != 0 and (new == 0 or new > old)
+
+
+def continues(workdir: Path, config: ml_collections.ConfigDict) -> bool:
+  """Whether a finished run in `workdir` trains on under `config` (a larger patience)."""
+  stored = _stored_config(workdir)
+  wanted = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+  return stored is not None and _patience_grows(stored, wanted)
+
+
 def check_run_matches(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """ConfigError if `workdir` holds a run of another config (dataset, model, seed, ...):
   skipping or resuming it would put another experiment's numbers in the table. An unfinished
-  run may continue under another `train.epochs`; fields one side lacks are not compared."""
-  path = workdir / "config.json"
-  if not path.exists():
+  run may continue under another `train.epochs`, any run under a larger `eval.patience`;
+  fields one side lacks are not compared."""
+  stored = _stored_config(workdir)
+  if stored is None:
     return
-  stored = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
   wanted = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
   free = _FREE_FIELDS if is_finished(workdir) else _FREE_FIELDS | {"train.epochs"}
+  if _patience_grows(stored, wanted):
+    free = free | {"eval.patience"}
   diff = [k for k in wanted if k in stored and k not in free and stored[k] != wanted[k]]
   if diff:
     shown = ", ".join(f"{k}={stored[k]!r} (this command: {wanted[k]!r})" for k in diff[:3])
@@ -260,7 +284,7 @@ def sweep(table: Table, seeds: Sequence[int], *, workdir_root: str | Path,
   summary = SweepSummary()
   todo = []
   for row, seed, config, workdir in runs:
-    if is_finished(workdir):
+    if is_finished(workdir) and not continues(workdir, config):
       summary.skipped.append(f"{row.name}/s{seed}")
     else:
       todo.append((row, seed, config, workdir))
@@ -271,7 +295,8 @@ def sweep(table: Table, seeds: Sequence[int], *, workdir_root: str | Path,
   for i, (row, seed, config, workdir) in enumerate(todo, 1):
     tag = f"[{i}/{len(todo)}] {table.name}/{row.name} s{seed}"
     resuming = (workdir / "checkpoints").exists()
-    log(f"{tag}: {'resuming' if resuming else 'training'} in {workdir}")
+    log(f"{tag}: {'resuming' if resuming else 'training'} in {workdir}"
+        + (" (under a larger eval.patience)" if is_finished(workdir) else ""))
     _record_session(workdir, command)
     try:
       result = train.train_and_evaluate(config, workdir, log=log)

@@ -191,3 +191,30 @@ def test_cli_unknown_table_is_one_line(tmp_path):
   assert r.returncode == 2, r.stderr[-2000:]
   lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
   assert lines == ["error: unknown table 'nope'; valid names: beauty, paper_ml1m, seed_ml1m"]
+
+
+def test_a_larger_patience_continues_a_finished_run_exactly(tiny_dir, tmp_path):
+  """A finished run swept again under a larger eval.patience trains on from its checkpoint and
+  ends with a fresh run's numbers under that patience; a smaller patience is an error."""
+  kwargs = dict(rows=["svd_dot_bce"], epochs=8)
+  root, fresh = tmp_path / "continued", tmp_path / "fresh"
+  reproduce.sweep(TABLE, [0], **sweep_kwargs(tiny_dir, root, [], overrides={
+      **TINY, "eval.patience": 1}, **kwargs))
+  first = json.loads((root / TABLE.name / "svd_dot_bce/s0/test_metrics.json").read_text())
+  assert first["epochs"] < 8, "the tiny run did not stop early: the test shows nothing"
+  logs = []
+  summary = reproduce.sweep(TABLE, [0], **sweep_kwargs(tiny_dir, root, logs, overrides={
+      **TINY, "eval.patience": 3}, **kwargs))
+  assert summary.trained == ["svd_dot_bce/s0"], logs
+  assert any("under a larger eval.patience" in line for line in logs), logs
+  reproduce.sweep(TABLE, [0], **sweep_kwargs(tiny_dir, fresh, [], overrides={
+      **TINY, "eval.patience": 3}, **kwargs))
+  runs = [root / TABLE.name / "svd_dot_bce/s0", fresh / TABLE.name / "svd_dot_bce/s0"]
+  continued, again = (json.loads((r / "test_metrics.json").read_text()) for r in runs)
+  assert continued["epochs"] > first["epochs"]
+  assert {k: v for k, v in continued.items() if k != "train_time"} == {
+      k: v for k, v in again.items() if k != "train_time"}
+  assert json.loads((runs[0] / "config.json").read_text())["eval"]["patience"] == 3
+  with pytest.raises(ConfigError, match=r"eval.patience=3 \(this command: 2\)"):
+    reproduce.sweep(TABLE, [0], **sweep_kwargs(tiny_dir, root, [], overrides={
+        **TINY, "eval.patience": 2}, **kwargs))
