@@ -1,7 +1,7 @@
 """Builds the README's Performance section from results files (never typed by hand).
 
   python scripts/performance_report.py [--bench=results/bench_train.json]
-      [--runs=results/runs/paper_ml1m/sasrec_dot_ss/s0,...,results/runs/paper_ml1m/sasrec_mol_ss/s0]
+      [--runs=WORKDIR,...: default the paper_ml1m dot seeds and the dev MoL record]
       [--out=results/performance.json] [--readme=README.md]
 
 Time to quality of a run (its `metrics.jsonl`): wall time until validation NDCG@10 first
@@ -116,7 +116,7 @@ def main() -> None:
   p.add_argument("--bench", default="results/bench_train.json")
   p.add_argument("--runs", default=",".join(
       [f"results/runs/paper_ml1m/sasrec_dot_ss/s{i}" for i in range(3)]
-      + ["results/runs/paper_ml1m/sasrec_mol_ss/s0"]))
+      + ["results/runs/dev/paper_ml1m_sasrec_mol_ss_fulllen_patience10_s0"]))
   p.add_argument("--notes", default="results/performance_notes.json",
                  help="JSON list of measured findings (one line each) to list under the tables")
   p.add_argument("--out", default="results/performance.json")
