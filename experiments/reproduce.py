@@ -189,12 +189,6 @@ _FREE_FIELDS = frozenset({"data_dir", "train.num_devices", "eval.batch_size",
                           "eval.chunk_size"})
 
 
-def _stored_config(workdir: Path) -> dict[str, Any] | None:
-  path = workdir / "config.json"
-  return traverse_util.flatten_dict(json.loads(path.read_text()), sep=".") if path.exists() \
-      else None
-
-
 def _patience_grows(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
   """A larger `eval.patience` (0 = never stop) continues a run exactly: early stopping only
   decides when training ends, so a run stopped at patience p is the first part of the same
@@ -203,30 +197,27 @@ def _patience_grows(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
   return old is not None and new is not None and old != 0 and (new == 0 or new > old)
 
 
-def continues(workdir: Path, config: ml_collections.ConfigDict) -> bool:
-  """Whether a finished run in `workdir` trains on under `config` (a larger patience)."""
-  stored = _stored_config(workdir)
-  wanted = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
-  return stored is not None and _patience_grows(stored, wanted)
-
-
-def check_run_matches(workdir: Path, config: ml_collections.ConfigDict) -> None:
+def check_run_matches(workdir: Path, config: ml_collections.ConfigDict) -> bool:
   """ConfigError if `workdir` holds a run of another config (dataset, model, seed, ...):
   skipping or resuming it would put another experiment's numbers in the table. An unfinished
   run may continue under another `train.epochs`, any run under a larger `eval.patience`;
-  fields one side lacks are not compared."""
-  stored = _stored_config(workdir)
-  if stored is None:
-    return
+  fields one side lacks are not compared. Returns whether the patience grew (a finished run
+  then trains on)."""
+  path = workdir / "config.json"
+  if not path.exists():
+    return False
+  stored = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
   wanted = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
   free = _FREE_FIELDS if is_finished(workdir) else _FREE_FIELDS | {"train.epochs"}
-  if _patience_grows(stored, wanted):
+  patience_grew = _patience_grows(stored, wanted)
+  if patience_grew:
     free = free | {"eval.patience"}
   diff = [k for k in wanted if k in stored and k not in free and stored[k] != wanted[k]]
   if diff:
     shown = ", ".join(f"{k}={stored[k]!r} (this command: {wanted[k]!r})" for k in diff[:3])
     raise ConfigError(f"{workdir} holds a run with {shown}; pass another --workdir_root, or "
                       f"delete that folder to train it again")
+  return patience_grew
 
 
 def hardware() -> str:
@@ -279,12 +270,12 @@ def sweep(table: Table, seeds: Sequence[int], *, workdir_root: str | Path,
                           overrides=overrides)
       workdir = run_dir(workdir_root, table, row, seed)
       train.validate_config(config)
-      check_run_matches(workdir, config)
-      runs.append((row, seed, config, workdir))
+      trains_on = check_run_matches(workdir, config)
+      runs.append((row, seed, config, workdir, trains_on))
   summary = SweepSummary()
   todo = []
-  for row, seed, config, workdir in runs:
-    if is_finished(workdir) and not continues(workdir, config):
+  for row, seed, config, workdir, trains_on in runs:
+    if is_finished(workdir) and not trains_on:
       summary.skipped.append(f"{row.name}/s{seed}")
     else:
       todo.append((row, seed, config, workdir))
