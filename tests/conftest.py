@@ -9,9 +9,9 @@ for _flag in ("--xla_force_host_platform_device_count=8",
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
-# Subprocess runs of the CLI (train, resume, evaluate, reproduce) share one persistent XLA
-# compilation cache, so only the first run of a configuration compiles. jax is imported
-# first so the in-process tests, whose programs are all different, don't write to it.
+# One persistent XLA compilation cache for the whole session, in-process and in the CLI
+# subprocesses (train, resume, evaluate, reproduce): a program compiles once per session,
+# however many runs, restarts or fresh `jax.jit` wrappers execute it.
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -24,3 +24,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -117,7 +117,7 @@ class MoLIndex:
     arrays: IndexArrays.
     quantization: stage-1 table format, 'fp32', 'bf16' or 'int8'.
     mol_dtype: stage-2 computation dtype, 'fp32' or 'bf16'.
-    backend: stage-1 top-k backend, 'exact', 'approx' or 'blockwise' (default:
+    backend: stage-1 top-k backend, 'exact', 'grouped', 'approx' or 'blockwise' (default:
       `topk.best_backend()` for the platform, k' and batch of each call).
     recall_target: of the 'approx' backend.
   """
