@@ -48,12 +48,12 @@ MOL_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 _BLOCK_ELEMS = 1 << 22
 # (query, candidate) pairs per step of the stage-2 MoL re-scoring: one step's gathered
 # components and gating activations stay small instead of a (B, k', P_X, d) gather of
-# gigabytes. 2^15 pairs (128 candidates at B=256) re-scored B=256 x k'=5000 in 2.84-3.06 s
-# against 4.09-4.2 s at 2^17 and 4.8-5.1 s at 2^19 (CPU, default MoL sizes, a loaded machine);
-# a whole two-stage call at N=1e6 (idle machine): k'=5000 4.73 s vs 5.47 s, k'=10000 8.98 vs 9.21.
-_RESCORE_PAIRS = 1 << 15
-# Items per step of the exact MoL scan: 128 (2^15 pairs at B=256) took 20.5 s for B=256 over
-# 1e5 items against 33.5 s at 512 (idle machine); 64 was no faster than 128.
+# gigabytes. On an idle 2-core CPU a two-stage call at N=1e6, B=256 took 3.27 / 6.13 s
+# (k'=5000 / 10000) at 2^17 against 3.46 / 6.63 s at 2^15 (smaller steps only won while
+# other jobs shared the cores).
+_RESCORE_PAIRS = 1 << 17
+# Items per step of the exact MoL scan: 128 (2^15 pairs at B=256) took 17.9 s for B=256 over
+# 1e5 items against 19.1 s at 512 (idle machine).
 _EXACT_BLOCK = 128
 
 

@@ -39,9 +39,9 @@ BACKENDS = ("exact", "approx", "blockwise", "grouped")
 #   exact 291, approx 291, faiss IndexFlatIP 142. But the running top-k costs grow with k
 #   (k=10,000: exact 2.5 s, blockwise 13-33 s per batch), so for k > _CPU_BLOCKWISE_MAX_K the
 #   CPU default is the full matrix (while it fits in _CPU_EXACT_MAX_SCORES) reduced by
-#   `grouped_topk` (results/bench_topk.json, B=256, N=1e6, group 16, with a training run on
-#   the same 2 cores): k=1000 / 5000 / 10000 in 0.53 / 2.06 / 4.19 s against one `lax.top_k`'s
-#   1.37 / 3.17 / 5.22 s (2.6x / 1.5x / 1.25x).
+#   `grouped_topk` (results/bench_topk.json, B=256, N=1e6, group 16, idle machine):
+#   k=1000 / 5000 / 10000 in 0.32 / 1.20 / 2.23 s against one `lax.top_k`'s 0.74 / 1.44 /
+#   2.53 s (2.3x / 1.2x / 1.13x).
 # GPU: one large `lax.top_k` over the full matrix (not measured here).
 # TPU: `approx_max_k` has a dedicated partial-reduce fast path (not measured here).
 _BEST = {"cpu": "blockwise", "gpu": "exact", "cuda": "exact", "rocm": "exact", "tpu": "approx"}
