@@ -96,7 +96,7 @@ def grouped_topk(scores: Array, k: int, group: int = 16) -> TopK:
   The columns are cut into groups of `group` consecutive ones; the k groups with the best
   maxima hold every top-k column (a column outside them is beaten by k group maxima), so
   one top-k over the N / group maxima and one over those k groups' k * group columns give
-  the result. Falls back to `exact_topk` where that would not scan fewer scores.
+  the result. Falls back to `exact_topk` unless the two calls scan under half the scores.
 
   Args:
     scores: (B, N) float.
@@ -112,8 +112,10 @@ def grouped_topk(scores: Array, k: int, group: int = 16) -> TopK:
   num_groups = -(-n // group)
   if group <= 1 or num_groups + k * group >= n // 2:
     return exact_topk(scores, k)
-  grouped = jnp.pad(scores.astype(jnp.float32), ((0, 0), (0, num_groups * group - n)),
-                    constant_values=-jnp.inf).reshape(b, num_groups, group)
+  scores = scores.astype(jnp.float32)
+  if n % group:                        # only a ragged last group needs a padded copy
+    scores = jnp.pad(scores, ((0, 0), (0, num_groups * group - n)), constant_values=-jnp.inf)
+  grouped = scores.reshape(b, num_groups, group)
   _, best = jax.lax.top_k(grouped.max(axis=-1), k)                       # (B, k) groups
   cand = jnp.take_along_axis(grouped, best[:, :, None], axis=1).reshape(b, k * group)
   vals, pos = jax.lax.top_k(cand, k)
