@@ -77,6 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hindexer_pool", type=int, default=20000)
   p.add_argument("--hindexer_dim", type=int, default=64)
   p.add_argument("--hindexer_steps", type=int, default=1500)
+  p.add_argument("--hindexer_prefix_queries", type=int, default=0,
+                 help="with --checkpoint: add this many training queries drawn from the "
+                      "earlier positions of the fit users' histories (encoder outputs)")
+  p.add_argument("--hindexer_teacher_k_prime", type=int, default=0,
+                 help="teacher lists from a two-stage 'avg' retrieve with this k' instead "
+                      "of the exact MoL scan of the fit pool (0: exact)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--readme", default="",
                  help="also rewrite this README's retrieval block from the results")
@@ -95,6 +101,10 @@ class Source(NamedTuple):
   item_chol: np.ndarray         # (D, D) covariance factor
   queries: np.ndarray | None    # (U, D) real query vectors, or None
   real_items: np.ndarray | None  # (N, D) trained item vectors, or None
+  # Encoder outputs at the earlier positions of each user's test history (M, D), and the
+  # row of `queries` (the same user) each one belongs to (M,); None without a checkpoint.
+  prefix_queries: np.ndarray | None = None
+  prefix_owner: np.ndarray | None = None
 
 
 def load_source(checkpoint: str, seed: int) -> Source:
@@ -118,18 +128,27 @@ def load_source(checkpoint: str, seed: int) -> Source:
   ids = jnp.arange(1, seqs.num_items + 1, dtype=jnp.int32)
   items = np.asarray(model.apply({"params": params}, ids, method=RetrievalModel.embed_items),
                      np.float64)
-  query_fn = jax.jit(lambda p, x: model.apply({"params": p}, x,
-                                              method=RetrievalModel.last_query))
+  encode_fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=RetrievalModel.encode))
   batches = EvalBatches(seqs, split.eval_examples("test"), config.max_len, 256,
                         exclude_history=False)
-  queries = np.concatenate([np.asarray(query_fn(params, b["inputs"]))[b["weight"] > 0]
-                            for b in batches])
+  queries, prefixes, owners = [], [], []
+  for b in batches:
+    real = b["weight"] > 0
+    inputs = np.asarray(b["inputs"])[real]
+    encoded = np.asarray(encode_fn(params, b["inputs"]))[real]         # (b, L, D)
+    queries.append(encoded[:, -1])              # the last position: the user's test query
+    earlier = inputs[:, :-1] != 0               # real items before the last (left-padded)
+    rows, cols = np.nonzero(earlier)
+    prefixes.append(encoded[rows, cols])
+    owners.append(rows + sum(len(q) for q in queries[:-1]))
+  queries = np.concatenate(queries)
   mean = items.mean(0)
   chol = np.linalg.cholesky(np.cov(items, rowvar=False) + 1e-6 * np.eye(items.shape[1]))
   print(f"MoL head from {checkpoint} (best checkpoint, epoch {meta.get('epoch')}): "
         f"{len(items)} items, {len(queries)} real test queries")
   return Source(model.head, params["head"], mean, chol, queries.astype(np.float32),
-                items.astype(np.float32))
+                items.astype(np.float32), np.concatenate(prefixes).astype(np.float32),
+                np.concatenate(owners))
 
 
 def sample(rng, n: int, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
@@ -138,6 +157,16 @@ def sample(rng, n: int, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
     z = rng.standard_normal((min(1 << 18, n - s), mean.shape[0]))
     out[s:s + z.shape[0]] = z @ chol.T + mean
   return out
+
+
+def prefix_queries(src: Source, users: np.ndarray, n: int, rng) -> np.ndarray:
+  """n encoder outputs at earlier history positions of the users `users` (rows of
+  src.queries), drawn without replacement (all of them if there are fewer)."""
+  if src.prefix_queries is None:
+    raise SystemExit("error: --hindexer_prefix_queries needs --checkpoint")
+  pool = np.flatnonzero(np.isin(src.prefix_owner, users))
+  pick = rng.choice(pool, min(n, len(pool)), replace=False)
+  return src.prefix_queries[pick]
 
 
 # ----------------------------------------------------------------------------- timing
@@ -228,6 +257,9 @@ def main(argv=None) -> None:
                        f"h-indexer's training queries")
     perm = rng.permutation(len(src.queries))
     queries, fit_queries = src.queries[perm[:args.batch]], src.queries[perm[args.batch:]]
+    if args.hindexer_prefix_queries > 0:
+      fit_queries = np.concatenate([fit_queries, prefix_queries(
+          src, perm[args.batch:], args.hindexer_prefix_queries, rng)])
   else:
     queries = sample(rng, args.batch, src.item_mean, src.item_chol)
 
@@ -244,6 +276,7 @@ def main(argv=None) -> None:
                else sample(rng, 1024, src.item_mean, src.item_chol))
     base = MoLIndex.from_arrays(head, head_params, train_items)
     fitted = base.fit_hindexer(train_q, train_items, hindexer, teacher_k=64,
+                               teacher_k_prime=args.hindexer_teacher_k_prime or None,
                                steps=args.hindexer_steps, batch_size=128, num_negatives=1024,
                                learning_rate=3e-3, log=print)
     h_params = fitted.arrays.hindexer_params
@@ -347,7 +380,11 @@ def main(argv=None) -> None:
               mol_head={k: getattr(head, k) for k in (
                   "num_query_components", "num_item_components", "component_dim",
                   "gating_hidden", "query_hidden")},
-              throughput_generator=args.throughput_generator)
+              throughput_generator=args.throughput_generator,
+              hindexer_fit=None if h_params is None else dict(
+                  queries=int(len(train_q)), prefix_queries=args.hindexer_prefix_queries,
+                  pool=args.hindexer_pool, steps=args.hindexer_steps,
+                  teacher_k_prime=args.hindexer_teacher_k_prime or "exact"))
   (out / "machine.json").write_text(json.dumps(info, indent=2))
   plot(recall_rows, tput_rows, out)
   print(f"\nwrote {out}/retrieval_recall.csv, retrieval_throughput.csv, machine.json, PNGs")

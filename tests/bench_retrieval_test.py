@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,6 +28,7 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   n = 400
   bench.main([f"--pool_sizes={n}", "--ks=10", f"--k_primes=50,{n}", "--batch=8",
               "--quantizations=fp32,int8", "--hindexer_steps=3", "--hindexer_pool=300",
+              "--hindexer_teacher_k_prime=100",
               "--repeats=1", f"--out_dir={tmp_path}"])
   recall = _rows(tmp_path / "retrieval_recall.csv")
   assert list(recall[0]) == ["pool", "generator", "quantization", "pool_size", "k", "k_prime",
@@ -54,3 +57,18 @@ def test_readme_retrieval_block_is_generated_from_results():
   assert readme[start:end] == block, (
       "README's retrieval block is stale: python scripts/bench_retrieval.py --report_only "
       "--out_dir=results --readme=README.md")
+
+
+def test_prefix_queries_come_only_from_the_fit_users():
+  bench = _load_script()
+  owner = np.repeat(np.arange(5), 4)                      # 5 users x 4 earlier positions
+  prefixes = np.stack([owner, np.tile(np.arange(4), 5)], axis=1).astype(np.float32)
+  src = bench.Source(None, None, None, None, np.zeros((5, 2), np.float32), None,
+                     prefixes, owner)
+  rng = np.random.default_rng(0)
+  got = bench.prefix_queries(src, np.array([1, 3]), 6, rng)
+  assert got.shape == (6, 2)
+  assert set(got[:, 0]) <= {1.0, 3.0}
+  assert len({tuple(r) for r in got}) == 6                # drawn without replacement
+  everything = bench.prefix_queries(src, np.array([1, 3]), 100, rng)
+  assert sorted(map(tuple, everything)) == sorted(map(tuple, prefixes[np.isin(owner, [1, 3])]))
