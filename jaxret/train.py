@@ -395,6 +395,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.protocol not in data_lib.PROTOCOLS:
     raise ConfigError(f"unknown protocol {config.protocol!r}; valid names: "
                       f"{', '.join(data_lib.PROTOCOLS)}")
+  if config.get("ratio_targets", "all") not in data_lib.splits.RATIO_TARGETS:
+    raise ConfigError(f"unknown --config.ratio_targets {config.ratio_targets!r}; valid names: "
+                      f"{', '.join(data_lib.splits.RATIO_TARGETS)}")
   for field, value in (("train.batch_size", config.train.batch_size),
                        ("eval.batch_size", config.eval.batch_size),
                        ("train.epochs", config.train.epochs),
@@ -438,7 +441,8 @@ def _check_workdir(workdir: Path) -> None:
 def load_data(config: ml_collections.ConfigDict):
   seqs = data_lib.load_sequences(config.dataset, config.data_dir or None,
                                  config.min_interactions)
-  split = data_lib.make_split(seqs, config.protocol)
+  split = data_lib.make_split(seqs, config.protocol,
+                              ratio_targets=config.get("ratio_targets", "all"))
   return seqs, split
 
 

@@ -223,6 +223,20 @@ def test_ratio_split_is_temporal_and_leak_free():
     assert (sp.train_len[ex.users] >= 2).all()
 
 
+def test_ratio_first_targets_are_each_users_first_example():
+  seqs = synthetic_sequences(num_users=60, num_items=10, seed=3)
+  every = splits.make_split(seqs, "ratio", min_history=2)
+  first = splits.make_split(seqs, "ratio", min_history=2, ratio_targets="first")
+  np.testing.assert_array_equal(first.train_len, every.train_len)
+  for a, f in ((every.valid, first.valid), (every.test, first.test)):
+    assert len(f) == len(np.unique(a.users)) < len(a)
+    assert len(np.unique(f.users)) == len(f)
+    for u, p in zip(f.users, f.positions):
+      assert p == a.positions[a.users == u].min()
+  with pytest.raises(DataError, match="unknown ratio targets 'last'"):
+    splits.make_split(seqs, "ratio", ratio_targets="last")
+
+
 def test_ratio_needs_timestamps():
   seqs = synthetic_sequences(timestamps=False)
   with pytest.raises(DataError, match="needs timestamps"):

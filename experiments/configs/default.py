@@ -12,6 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ""  # '' -> $JAXRET_DATA_DIR, else ./data
   c.min_interactions = 5  # iterative k-core on users and items (0 = off)
   c.protocol = "loo"  # 'loo' (paper) or 'ratio' (seed study: 0.7/0.2/0.1 temporal split)
+  # ratio only: 'all' (every validation/test interaction is an example) or 'first' (one per
+  # user: the first after the cut, as the seed study's 1/450-granular numbers suggest)
+  c.ratio_targets = "all"
   c.max_len = 200  # query history length L (most recent items)
   c.seed = 0
 
