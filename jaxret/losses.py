@@ -84,13 +84,15 @@ def valid_negatives(pos_ids: Array, neg_ids: Array) -> Array:
 
 @LOSSES.register("bce")
 def bce_loss(pos_scores: Array, neg_scores: Array, mask: Array,
-             neg_valid: Optional[Array] = None) -> tuple[Array, Array]:
+             neg_valid: Optional[Array] = None, negatives: str = "sum") -> tuple[Array, Array]:
   """Binary cross-entropy of the positive against sampled negatives (SASRec).
 
   Per position: ``softplus(-pos) + sum_r valid_r * softplus(neg_r)``, i.e. the
   SUM of the BCE terms of the positive and each of its valid negatives (with
   R = 1 this is exactly the public SASRec loss; negatives are not averaged, so
-  their total weight grows with R).
+  their total weight grows with R). ``negatives="mean"`` averages the negatives'
+  terms over the valid ones instead (the positive and all negatives together weigh
+  as much as one positive and one negative: a mean-reduced PyTorch BCE over R negatives).
 
   Args:
     pos_scores: ``(B, L)`` logits of the target items.
@@ -110,8 +112,14 @@ def bce_loss(pos_scores: Array, neg_scores: Array, mask: Array,
   pos = _clean(pos_scores, mask)
   neg = _clean(neg_scores, mask)
   valid = _neg_valid(neg, neg_valid)
+  if negatives not in ("sum", "mean"):
+    raise ValueError(f"bce negatives must be 'sum' or 'mean', got {negatives!r}")
   neg_terms = jnp.where(valid, jax.nn.softplus(neg), 0.0)
-  per_position = jax.nn.softplus(-pos) + jnp.sum(neg_terms, axis=-1)
+  neg_total = jnp.sum(neg_terms, axis=-1)
+  if negatives == "mean":
+    count = jnp.sum(jnp.broadcast_to(valid, neg_terms.shape), axis=-1)
+    neg_total = neg_total / jnp.maximum(count, 1)
+  per_position = jax.nn.softplus(-pos) + neg_total
   return _reduce(per_position, mask)
 
 

@@ -8,6 +8,7 @@ across devices and padded batches.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -208,6 +209,8 @@ def make_train_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`."""
   loss_name = config.loss
   loss_fn = losses_lib.LOSSES.get(loss_name)
+  if loss_name == "bce":
+    loss_fn = functools.partial(loss_fn, negatives=config.get("bce_negatives", "sum"))
   r = num_negatives(config)
   shared = bool(config.shared_negatives)
   aux_weight = float(config.get("mol_aux_weight", 0.0))
@@ -395,6 +398,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.protocol not in data_lib.PROTOCOLS:
     raise ConfigError(f"unknown protocol {config.protocol!r}; valid names: "
                       f"{', '.join(data_lib.PROTOCOLS)}")
+  if config.get("bce_negatives", "sum") not in ("sum", "mean"):
+    raise ConfigError(f"unknown --config.bce_negatives {config.bce_negatives!r}; valid names: "
+                      f"sum, mean")
   if config.get("ratio_targets", "all") not in data_lib.splits.RATIO_TARGETS:
     raise ConfigError(f"unknown --config.ratio_targets {config.ratio_targets!r}; valid names: "
                       f"{', '.join(data_lib.splits.RATIO_TARGETS)}")

@@ -131,7 +131,7 @@ def load_source(checkpoint: str, seed: int) -> Source:
   encode_fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=RetrievalModel.encode))
   batches = EvalBatches(seqs, split.eval_examples("test"), config.max_len, 256,
                         exclude_history=False)
-  queries, prefixes, owners = [], [], []
+  queries, prefixes, owners, seen = [], [], [], 0
   for b in batches:
     real = b["weight"] > 0
     inputs = np.asarray(b["inputs"])[real]
@@ -140,7 +140,8 @@ def load_source(checkpoint: str, seed: int) -> Source:
     earlier = inputs[:, :-1] != 0               # real items before the last (left-padded)
     rows, cols = np.nonzero(earlier)
     prefixes.append(encoded[rows, cols])
-    owners.append(rows + sum(len(q) for q in queries[:-1]))
+    owners.append(rows + seen)
+    seen += len(encoded)
   queries = np.concatenate(queries)
   mean = items.mean(0)
   chol = np.linalg.cholesky(np.cov(items, rowvar=False) + 1e-6 * np.eye(items.shape[1]))

@@ -30,7 +30,7 @@ def _inputs(seed: int = 0):
   return pos, neg, mask, neg_valid
 
 
-def _ref_bce(pos, neg, mask, neg_valid):
+def _ref_bce(pos, neg, mask, neg_valid, mean=False):
   total, weight = 0.0, 0.0
   for b in range(B):
     for t in range(L):
@@ -38,9 +38,8 @@ def _ref_bce(pos, neg, mask, neg_valid):
         continue
       weight += 1
       total += _softplus(-pos[b, t])
-      for r in range(R):
-        if neg_valid[b, t, r]:
-          total += _softplus(neg[b, t, r])
+      terms = [_softplus(neg[b, t, r]) for r in range(R) if neg_valid[b, t, r]]
+      total += (sum(terms) / max(len(terms), 1)) if mean else sum(terms)
   return total, weight
 
 
@@ -80,15 +79,16 @@ def test_registry():
     losses.LOSSES.get("nope")
 
 
+@pytest.mark.parametrize("negatives", ["sum", "mean"])
 @pytest.mark.parametrize("use_valid", [False, True])
-def test_bce_matches_reference(use_valid):
+def test_bce_matches_reference(use_valid, negatives):
   pos, neg, mask, neg_valid = _inputs()
   if not use_valid:
     neg_valid_arg, neg_valid = None, np.ones_like(neg_valid)
   else:
     neg_valid_arg = neg_valid
-  loss, weight = losses.bce_loss(pos, neg, mask, neg_valid_arg)
-  ref_loss, ref_weight = _ref_bce(pos, neg, mask, neg_valid)
+  loss, weight = losses.bce_loss(pos, neg, mask, neg_valid_arg, negatives=negatives)
+  ref_loss, ref_weight = _ref_bce(pos, neg, mask, neg_valid, mean=negatives == "mean")
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   assert float(weight) == ref_weight
 

@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Loss and negatives.
   c.loss = "ss"  # 'bce', 'ss' (sampled softmax) or 'softmax' (full, small catalogs)
   c.num_negatives = -1  # -1: the loss's default (bce 127, ss 128)
+  c.bce_negatives = "sum"  # bce: 'sum' the R negatives' terms (SASRec) or take their 'mean'
   c.shared_negatives = True  # one (R,) negative set per step for all positions, else per position
 
   # Optimisation.
