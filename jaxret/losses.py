@@ -20,6 +20,7 @@ from jaxret.registry import Registry
 
 Array = jax.Array
 
+BCE_NEGATIVES = ("sum", "mean")  # how bce_loss reduces the R negatives' terms
 LOSSES: Registry[Callable[..., tuple[Array, Array]]] = Registry("loss")
 
 
@@ -112,8 +113,8 @@ def bce_loss(pos_scores: Array, neg_scores: Array, mask: Array,
   pos = _clean(pos_scores, mask)
   neg = _clean(neg_scores, mask)
   valid = _neg_valid(neg, neg_valid)
-  if negatives not in ("sum", "mean"):
-    raise ValueError(f"bce negatives must be 'sum' or 'mean', got {negatives!r}")
+  if negatives not in BCE_NEGATIVES:
+    raise ValueError(f"bce negatives must be one of {BCE_NEGATIVES}, got {negatives!r}")
   neg_terms = jnp.where(valid, jax.nn.softplus(neg), 0.0)
   neg_total = jnp.sum(neg_terms, axis=-1)
   if negatives == "mean":

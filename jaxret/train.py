@@ -398,9 +398,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.protocol not in data_lib.PROTOCOLS:
     raise ConfigError(f"unknown protocol {config.protocol!r}; valid names: "
                       f"{', '.join(data_lib.PROTOCOLS)}")
-  if config.get("bce_negatives", "sum") not in ("sum", "mean"):
+  if config.get("bce_negatives", "sum") not in losses_lib.BCE_NEGATIVES:
     raise ConfigError(f"unknown --config.bce_negatives {config.bce_negatives!r}; valid names: "
-                      f"sum, mean")
+                      f"{', '.join(losses_lib.BCE_NEGATIVES)}")
   if config.get("ratio_targets", "all") not in data_lib.splits.RATIO_TARGETS:
     raise ConfigError(f"unknown --config.ratio_targets {config.ratio_targets!r}; valid names: "
                       f"{', '.join(data_lib.splits.RATIO_TARGETS)}")
