@@ -1,11 +1,11 @@
-"""Top-k of a full (B, N) score matrix: one `lax.top_k` against `grouped_topk`, same run.
+"""Top-k of a full (B, N) score matrix: one `lax.top_k` against `grouped_topk` and `select_topk`.
 
   python scripts/bench_topk.py [--batch=256] [--pool=1000000] [--ks=100,1000,5000,10000]
       [--groups=8,16,32] [--out=results/bench_topk.json]
 
 Scores are N(0, 1) draws (a stage-1 score matrix before its top-k). Each timing is the median
-of --repeats jitted calls after one warm-up call; every grouped result is checked against
-`lax.top_k` (same values; ids equal up to tied scores). Prints and writes each method's
+of --repeats jitted calls after one warm-up call, all in the same run; every result is checked
+against `lax.top_k` (same values; ids equal up to tied scores). Prints and writes each method's
 seconds per call and its speed-up over `lax.top_k`.
 """
 from __future__ import annotations
@@ -54,15 +54,18 @@ def main(argv=None) -> None:
     ref = exact(scores)
     records.append(dict(method="lax.top_k", group=1, k=k, seconds=round(base, 4), speedup=1.0))
     print(f"k={k:6d} lax.top_k           {base:7.3f} s", flush=True)
-    for g in (int(v) for v in args.groups.split(",")):
-      fn = jax.jit(lambda s, k=k, g=g: topk_lib.grouped_topk(s, k, g))
-      out = fn(scores)
-      if not np.array_equal(np.asarray(out.scores), np.asarray(ref.scores)):
-        raise SystemExit(f"error: grouped_topk(k={k}, group={g}) differs from lax.top_k")
-      sec = seconds(fn, scores, args.repeats)
-      records.append(dict(method="grouped_topk", group=g, k=k, seconds=round(sec, 4),
-                          speedup=round(base / sec, 3)))
-      print(f"k={k:6d} grouped_topk g={g:<3d} {sec:7.3f} s  {base / sec:5.2f}x", flush=True)
+    groups = [int(v) for v in args.groups.split(",")]
+    for name, fn_of, gs in (("grouped_topk", topk_lib.grouped_topk, groups),
+                            ("select_topk", topk_lib.select_topk, [1] + groups)):
+      for g in gs:
+        fn = jax.jit(lambda s, k=k, g=g, f=fn_of: f(s, k, g))
+        out = fn(scores)
+        if not np.array_equal(np.asarray(out.scores), np.asarray(ref.scores)):
+          raise SystemExit(f"error: {name}(k={k}, group={g}) differs from lax.top_k")
+        sec = seconds(fn, scores, args.repeats)
+        records.append(dict(method=name, group=g, k=k, seconds=round(sec, 4),
+                            speedup=round(base / sec, 3)))
+        print(f"k={k:6d} {name} g={g:<3d} {sec:7.3f} s  {base / sec:5.2f}x", flush=True)
   machine = f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__} " \
             f"{jax.default_backend()}"
   out = Path(args.out)

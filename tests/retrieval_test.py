@@ -67,6 +67,24 @@ def test_grouped_topk_equals_lax_top_k(n, k, group):
   np.testing.assert_array_equal(out.scores, ref_vals)
 
 
+@pytest.mark.parametrize("n,k,group", [(1000, 10, 16), (1003, 7, 8), (200, 3, 64), (50, 20, 4),
+                                       (30, 30, 1)])
+def test_select_topk_equals_lax_top_k(n, k, group):
+  """Host selects through group maxima (ragged last group, fallback, k == N), under jit."""
+  scores = jnp.asarray(_rand(n + 2, (7, n)))          # distinct with probability 1
+  ref_vals, ref_ids = jax.lax.top_k(scores, k)
+  out = jax.jit(lambda s: topk_lib.select_topk(s, k, group))(scores)
+  np.testing.assert_array_equal(out.ids, ref_ids)
+  np.testing.assert_array_equal(out.scores, ref_vals)
+
+
+def test_host_topk_columns_splits_rows_over_threads():
+  x = _rand(3, (37, 500))                              # more rows than threads, uneven split
+  cols = topk_lib.host_topk_columns(x, 9)
+  np.testing.assert_array_equal(cols, np.argsort(-x, axis=1)[:, :9])
+  assert cols.dtype == np.int32
+
+
 @pytest.mark.parametrize("kind", quant.QUANTIZATIONS)
 @pytest.mark.parametrize("backend", topk_lib.BACKENDS)
 def test_dot_topk_backends_equal_exact(kind, backend):
@@ -94,7 +112,7 @@ def test_best_backend_is_known():
   assert topk_lib.best_backend() in topk_lib.BACKENDS
   assert topk_lib.best_backend("tpu") == "approx"
   assert topk_lib.best_backend("cpu", k=100, num_scores=256 * 10**6) == "blockwise"
-  assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**6) == "grouped"
+  assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**6) == "select"
   assert topk_lib.best_backend("gpu", k=5000, num_scores=256 * 10**6) == "exact"
   assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**7) == "blockwise"
 

@@ -7,6 +7,10 @@ Every backend returns `TopK(scores (B, k), ids (B, k))`, best first:
     smaller top-k calls: one over the maxima of `group` consecutive columns, one over the
     columns of the k best groups (on CPU a `lax.top_k` costs ~5 ns per score scanned,
     a max reduction ~0.2 ns).
+  * `select_topk(scores, k, group)`: `grouped_topk`'s two steps with each `lax.top_k`
+    replaced by a host introselect (`numpy.argpartition` through `jax.pure_callback`, rows
+    split over threads) and a sort of the k winners: O(N) per row where XLA:CPU's top-k
+    grows with k. For CPU; on an accelerator the callback would copy the scores to the host.
   * `approx_topk(scores, k, recall_target)`: `jax.lax.approx_max_k`; its fast path exists on
     TPU only, on CPU and GPU XLA lowers it to an exact sort (slower than `top_k`).
   * `blockwise_topk(score_fn, num_items, k, block)`: scans the items in blocks of `block`,
@@ -22,26 +26,29 @@ Every backend returns `TopK(scores (B, k), ids (B, k))`, best first:
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxret.retrieval.quantization import QuantizedTable
 
 Array = jax.Array
 
-BACKENDS = ("exact", "approx", "blockwise", "grouped")
+BACKENDS = ("exact", "approx", "blockwise", "grouped", "select")
 
 # CPU (scripts/bench_retrieval.py, results/machine.json; 2-core AMD EPYC, jax 0.10.2, B=256,
 #   d=64, N=1e6, fp32): k=100: blockwise 741 q/s (group maxima, see blockwise_dot_topk),
 #   exact 291, approx 291, faiss IndexFlatIP 142. But the running top-k costs grow with k
 #   (k=10,000: exact 2.5 s, blockwise 13-33 s per batch), so for k > _CPU_BLOCKWISE_MAX_K the
 #   CPU default is the full matrix (while it fits in _CPU_EXACT_MAX_SCORES) reduced by
-#   `grouped_topk` (results/bench_topk.json, B=256, N=1e6, group 16, idle machine):
-#   k=1000 / 5000 / 10000 in 0.32 / 1.20 / 2.23 s against one `lax.top_k`'s 0.74 / 1.44 /
-#   2.53 s (2.3x / 1.2x / 1.13x).
+#   `select_topk` (scripts/bench_topk.py, B=256, N=1e6, group 16, idle machine, 2026-12-02):
+#   k=1000 / 5000 / 10000 in 0.26 / 0.69 / 1.05 s, against `grouped_topk`'s 0.29 / 1.35 /
+#   2.62 s and one `lax.top_k`'s 0.82 / 1.90 / 2.66 s.
 # GPU: one large `lax.top_k` over the full matrix (not measured here).
 # TPU: `approx_max_k` has a dedicated partial-reduce fast path (not measured here).
 _BEST = {"cpu": "blockwise", "gpu": "exact", "cuda": "exact", "rocm": "exact", "tpu": "approx"}
@@ -72,7 +79,7 @@ def best_backend(platform: str | None = None, k: int | None = None,
   best = _BEST.get(platform, "exact")
   if (best == "blockwise" and k is not None and k > _CPU_BLOCKWISE_MAX_K
       and (num_scores is None or num_scores <= _CPU_EXACT_MAX_SCORES)):
-    return "grouped"
+    return "select"
   return best
 
 
@@ -121,6 +128,86 @@ def grouped_topk(scores: Array, k: int, group: int = 16) -> TopK:
   vals, pos = jax.lax.top_k(cand, k)
   cols = (best[:, :, None] * group + jnp.arange(group, dtype=best.dtype)).reshape(b, -1)
   return TopK(vals, jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32))
+
+
+@functools.cache
+def _host_pool() -> ThreadPoolExecutor:
+  return ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="jaxret-topk")
+
+
+def host_topk_columns(x: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
+  """Columns of each row's k largest values (ties in any order), on the host.
+
+  numpy's introselect (`argpartition`, which releases the GIL) on row slices spread over
+  a thread pool, then (with `sort`) a sort of the k selected values, best first.
+
+  Args:
+    x: (B, M) array.
+    k: 1 <= k <= M.
+    sort: order the k columns best first (else in any order).
+
+  Returns:
+    (B, k) int32.
+  """
+  x = np.asarray(x)
+  b, m = x.shape
+  out = np.empty((b, k), np.int32)
+
+  def rows(start: int, stop: int) -> None:
+    part = x[start:stop]
+    cols = np.argpartition(part, m - k, axis=1)[:, m - k:] if k < m else \
+        np.broadcast_to(np.arange(m), part.shape)
+    if sort:
+      order = np.argsort(-np.take_along_axis(part, cols, axis=1), axis=1, kind="stable")
+      cols = np.take_along_axis(cols, order, axis=1)
+    out[start:stop] = cols
+
+  workers = min(b, _host_pool()._max_workers) if b else 1
+  step = -(-b // workers) if b else 1
+  list(_host_pool().map(lambda s: rows(s, min(b, s + step)), range(0, b, step)))
+  return out
+
+
+def _select_columns(scores: Array, k: int, sort: bool = True) -> Array:
+  """(B, M) -> (B, k) int32 columns of the k largest via `host_topk_columns`."""
+  out = jax.ShapeDtypeStruct(scores.shape[:1] + (k,), jnp.int32)
+  return jax.pure_callback(lambda x: host_topk_columns(x, k, sort), out, scores,
+                           vmap_method="sequential")
+
+
+def select_topk(scores: Array, k: int, group: int = 16) -> TopK:
+  """Exact top-k of a full score matrix with host selects (ties aside); for CPU.
+
+  As `grouped_topk` (the k best of the N / group group maxima, then the k best of those
+  groups' k * group columns), but each step is `host_topk_columns` instead of `lax.top_k`,
+  whose cost on XLA:CPU grows with k. Without enough groups to halve the work it is one
+  host select over the full rows.
+
+  Args:
+    scores: (B, N) float.
+    k: number of results, <= N.
+    group: columns per group.
+
+  Returns:
+    TopK with (B, k) scores (float32) and ids (int32), best first.
+  """
+  b, n = scores.shape
+  if k > n:
+    raise ValueError(f"k={k} exceeds the {n} columns")
+  scores = scores.astype(jnp.float32)
+  num_groups = -(-n // group)
+  if group <= 1 or num_groups + k * group >= n // 2:
+    cols = _select_columns(scores, k)
+    return TopK(jnp.take_along_axis(scores, cols, axis=-1), cols)
+  if n % group:
+    scores = jnp.pad(scores, ((0, 0), (0, num_groups * group - n)), constant_values=-jnp.inf)
+  grouped = scores.reshape(b, num_groups, group)
+  best = _select_columns(grouped.max(axis=-1), k, sort=False)             # (B, k) groups
+  cand = jnp.take_along_axis(grouped, best[:, :, None], axis=1).reshape(b, k * group)
+  pos = _select_columns(cand, k)
+  cols = (best[:, :, None] * group + jnp.arange(group, dtype=best.dtype)).reshape(b, -1)
+  return TopK(jnp.take_along_axis(cand, pos, axis=-1),
+              jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32))
 
 
 def approx_topk(scores: Array, k: int, recall_target: float = 0.95) -> TopK:
@@ -295,7 +382,7 @@ def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exac
     queries: (B, d) float.
     table: QuantizedTable (N, d).
     k: results per query.
-    backend: 'exact', 'approx', 'blockwise' or 'grouped'.
+    backend: one of BACKENDS.
     block: rows per step of the blockwise backend.
     recall_target: of the approx backend.
 
@@ -309,6 +396,8 @@ def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exac
     return exact_topk(scores, k)
   if backend == "grouped":
     return grouped_topk(scores, k)
+  if backend == "select":
+    return select_topk(scores, k)
   if backend == "approx":
     return approx_topk(scores, k, recall_target)
   raise ValueError(f"unknown top-k backend {backend!r}; valid: {', '.join(BACKENDS)}")
