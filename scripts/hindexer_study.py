@@ -1,0 +1,150 @@
+"""How the distilled h-indexer's recall depends on its fit (a diagnostic, not a test).
+
+  python scripts/hindexer_study.py --checkpoint=WORKDIR [--pool=20000 --steps=1500 ...] \
+      [--out=results/diagnostics/hindexer_study.jsonl] [--cache_dir=/tmp/hindexer_study]
+
+Distils one h-indexer from the checkpoint's MoL head with the given fit settings (as
+scripts/bench_retrieval.py does) and measures, on a fixed synthetic pool of --eval_pool items
+and the same held-out --batch real queries, the stage-1 recall of the exact MoL top-k: the
+fraction of each query's exact MoL top-k items that the stage-1 dot product ranks within its
+top k'. With an exact stage 2 this is the two-stage relative recall@k, so a fit can be judged
+without running stage 2. The evaluation pool and its exact MoL top-k are computed once and
+cached in --cache_dir (keyed by checkpoint, seed, pool size and k). Appends one JSON record per
+run to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_retrieval import load_source, prefix_queries, sample  # noqa: E402
+from jaxret.retrieval.hindexer import HIndexer  # noqa: E402
+from jaxret.retrieval.index import MoLIndex  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint", required=True, help="workdir of a trained MoL run")
+  p.add_argument("--out", default="results/diagnostics/hindexer_study.jsonl")
+  p.add_argument("--cache_dir", default="/tmp/hindexer_study")
+  p.add_argument("--label", default="", help="free text stored with the record")
+  p.add_argument("--batch", type=int, default=256, help="held-out evaluation queries")
+  p.add_argument("--eval_pool", type=int, default=1_000_000)
+  p.add_argument("--k", type=int, default=100)
+  p.add_argument("--k_primes", default="1000,2000,5000,10000")
+  p.add_argument("--seed", type=int, default=0)
+  # The fit (defaults: scripts/bench_retrieval.py's).
+  p.add_argument("--pool", type=int, default=20000, help="synthetic items of the fit")
+  p.add_argument("--dim", type=int, default=64)
+  p.add_argument("--hidden", type=int, default=128)
+  p.add_argument("--steps", type=int, default=1500)
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--num_negatives", type=int, default=1024)
+  p.add_argument("--teacher_k", type=int, default=64)
+  p.add_argument("--teacher_temperature", type=float, default=1.0)
+  p.add_argument("--temperature", type=float, default=0.05)
+  p.add_argument("--learning_rate", type=float, default=3e-3)
+  p.add_argument("--prefix_queries", type=int, default=0,
+                 help="extra fit queries from earlier positions of the fit users' histories")
+  return p.parse_args(argv)
+
+
+def _ints(s: str) -> list[int]:
+  return [int(float(x)) for x in s.split(",") if x]
+
+
+def eval_set(args, src, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The fixed evaluation pool (N, D) and each query's exact MoL top-k rows (B, k), cached."""
+  key = hashlib.sha1(f"{Path(args.checkpoint).resolve()}|{args.seed}|{args.eval_pool}|"
+                     f"{args.k}|{args.batch}".encode()).hexdigest()[:12]
+  path = Path(args.cache_dir) / f"eval_{key}.npz"
+  items = sample(np.random.default_rng([args.seed, 1]), args.eval_pool, src.item_mean,
+                 src.item_chol)
+  if path.exists():
+    return items, np.load(path)["top"]
+  t = time.time()
+  index = MoLIndex.from_arrays(src.head, src.head_params, items)
+  top = np.asarray(index.exact_mol_topk(queries, args.k)[0])         # ids == rows here
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(path, top=top)
+  print(f"exact MoL top-{args.k} over {args.eval_pool} items: {time.time() - t:.0f}s "
+        f"(cached in {path})")
+  return items, top
+
+
+def stage1_ranks(hindexer, h_params, queries: np.ndarray, items: np.ndarray,
+                 top: np.ndarray) -> np.ndarray:
+  """(B, k) 0-based stage-1 rank (among all N items) of each exact MoL top-k item."""
+  emb_i = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_items))
+  emb_q = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_queries))
+  table = jnp.concatenate([emb_i(h_params, jnp.asarray(items[s:s + 65536]))
+                           for s in range(0, len(items), 65536)])
+  hq = emb_q(h_params, jnp.asarray(queries))
+
+  @jax.jit
+  def ranks(q, rows):
+    scores = q @ table.T                                              # (b, N)
+    target = jnp.take_along_axis(scores, rows, axis=-1)              # (b, k)
+    ordered = -jnp.sort(-scores, axis=-1)                             # descending
+    # Items scoring strictly higher than the target (ties counted in its favour).
+    return jax.vmap(lambda o, t: jnp.searchsorted(-o, -t, side="left"))(ordered, target)
+
+  out = [np.asarray(ranks(hq[s:s + 32], jnp.asarray(top[s:s + 32])))
+         for s in range(0, len(queries), 32)]
+  return np.concatenate(out)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  src = load_source(args.checkpoint, args.seed)
+  rng = np.random.default_rng(args.seed)
+  perm = rng.permutation(len(src.queries))
+  queries, fit_q = src.queries[perm[:args.batch]], src.queries[perm[args.batch:]]
+  if args.prefix_queries > 0:
+    fit_q = np.concatenate([fit_q, prefix_queries(src, perm[args.batch:], args.prefix_queries,
+                                                  rng)])
+  items, top = eval_set(args, src, queries)
+
+  t = time.time()
+  train_items = np.concatenate([sample(rng, args.pool, src.item_mean, src.item_chol),
+                                src.real_items])
+  hindexer = HIndexer(dim=args.dim, hidden=args.hidden)
+  base = MoLIndex.from_arrays(src.head, src.head_params, train_items)
+  fitted = base.fit_hindexer(fit_q, train_items, hindexer, teacher_k=args.teacher_k,
+                             steps=args.steps, batch_size=args.batch_size,
+                             num_negatives=args.num_negatives,
+                             learning_rate=args.learning_rate, temperature=args.temperature,
+                             teacher_temperature=args.teacher_temperature, log=print)
+  fit_s = time.time() - t
+  r = stage1_ranks(hindexer, fitted.arrays.hindexer_params, queries, items, top)
+  recall = {str(kp): round(float(np.mean(r < kp)), 4) for kp in _ints(args.k_primes)}
+  record = dict(label=args.label, date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                checkpoint=str(args.checkpoint), eval_pool=args.eval_pool, k=args.k,
+                eval_queries=len(queries), fit_queries=len(fit_q),
+                fit=dict(pool=args.pool, dim=args.dim, hidden=args.hidden, steps=args.steps,
+                         batch_size=args.batch_size, num_negatives=args.num_negatives,
+                         teacher_k=args.teacher_k, teacher_temperature=args.teacher_temperature,
+                         temperature=args.temperature, learning_rate=args.learning_rate,
+                         prefix_queries=args.prefix_queries),
+                fit_seconds=round(fit_s, 1), stage1_recall_at_k_prime=recall,
+                median_rank=float(np.median(r)), p99_rank=float(np.percentile(r, 99)))
+  print(json.dumps(record))
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with out.open("a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+  main()
