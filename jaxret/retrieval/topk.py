@@ -130,9 +130,12 @@ def grouped_topk(scores: Array, k: int, group: int = 16) -> TopK:
   return TopK(vals, jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32))
 
 
+_HOST_THREADS = max(1, os.cpu_count() or 1)
+
+
 @functools.cache
 def _host_pool() -> ThreadPoolExecutor:
-  return ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="jaxret-topk")
+  return ThreadPoolExecutor(_HOST_THREADS, thread_name_prefix="jaxret-topk")
 
 
 def host_topk_columns(x: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
@@ -162,7 +165,7 @@ def host_topk_columns(x: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
       cols = np.take_along_axis(cols, order, axis=1)
     out[start:stop] = cols
 
-  workers = min(b, _host_pool()._max_workers) if b else 1
+  workers = min(b, _HOST_THREADS) if b else 1
   step = -(-b // workers) if b else 1
   list(_host_pool().map(lambda s: rows(s, min(b, s + step)), range(0, b, step)))
   return out
