@@ -93,14 +93,14 @@ def stage1_ranks(hindexer, h_params, queries: np.ndarray, items: np.ndarray,
   hq = emb_q(h_params, jnp.asarray(queries))
 
   @jax.jit
-  def ranks(q, rows):
+  def ranks(q, rows, table):
     scores = q @ table.T                                              # (b, N)
     target = jnp.take_along_axis(scores, rows, axis=-1)              # (b, k)
     ordered = -jnp.sort(-scores, axis=-1)                             # descending
     # Items scoring strictly higher than the target (ties counted in its favour).
     return jax.vmap(lambda o, t: jnp.searchsorted(-o, -t, side="left"))(ordered, target)
 
-  out = [np.asarray(ranks(hq[s:s + 32], jnp.asarray(top[s:s + 32])))
+  out = [np.asarray(ranks(hq[s:s + 32], jnp.asarray(top[s:s + 32]), table))
          for s in range(0, len(queries), 32)]
   return np.concatenate(out)
 

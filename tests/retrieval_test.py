@@ -57,23 +57,15 @@ def test_blockwise_topk_equals_lax_top_k(n, k, block):
   np.testing.assert_array_equal(out.scores, ref_vals)
 
 
-@pytest.mark.parametrize("n,k,group", [(1000, 10, 16), (1003, 7, 8), (200, 3, 64), (50, 20, 4)])
-def test_grouped_topk_equals_lax_top_k(n, k, group):
-  """Exact through group maxima, with a ragged last group; falls back where it can't gain."""
-  scores = jnp.asarray(_rand(n + 1, (6, n)))          # distinct with probability 1
-  ref_vals, ref_ids = jax.lax.top_k(scores, k)
-  out = jax.jit(lambda s: topk_lib.grouped_topk(s, k, group))(scores)
-  np.testing.assert_array_equal(out.ids, ref_ids)
-  np.testing.assert_array_equal(out.scores, ref_vals)
-
-
+@pytest.mark.parametrize("fn", [topk_lib.grouped_topk, topk_lib.select_topk])
 @pytest.mark.parametrize("n,k,group", [(1000, 10, 16), (1003, 7, 8), (200, 3, 64), (50, 20, 4),
                                        (30, 30, 1)])
-def test_select_topk_equals_lax_top_k(n, k, group):
-  """Host selects through group maxima (ragged last group, fallback, k == N), under jit."""
-  scores = jnp.asarray(_rand(n + 2, (7, n)))          # distinct with probability 1
+def test_grouped_and_select_topk_equal_lax_top_k(fn, n, k, group):
+  """Exact through group maxima (ragged last group, fallback where it can't gain, k == N),
+  with lax.top_k or host selects, under jit."""
+  scores = jnp.asarray(_rand(n + 1, (6, n)))          # distinct with probability 1
   ref_vals, ref_ids = jax.lax.top_k(scores, k)
-  out = jax.jit(lambda s: topk_lib.select_topk(s, k, group))(scores)
+  out = jax.jit(lambda s: fn(s, k, group))(scores)
   np.testing.assert_array_equal(out.ids, ref_ids)
   np.testing.assert_array_equal(out.scores, ref_vals)
 

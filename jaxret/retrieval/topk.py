@@ -113,21 +113,37 @@ def grouped_topk(scores: Array, k: int, group: int = 16) -> TopK:
   Returns:
     TopK with (B, k) scores (float32) and ids (int32), best first.
   """
+  return _grouped_two_step(scores, k, group, _lax_columns)
+
+
+def _lax_columns(x: Array, k: int, sort: bool = True) -> Array:
+  """(B, M) -> (B, k) int32 columns of the k largest, best first, by `lax.top_k`."""
+  return jax.lax.top_k(x, k)[1].astype(jnp.int32)
+
+
+def _grouped_two_step(scores: Array, k: int, group: int,
+                      columns: Callable[[Array, int, bool], Array]) -> TopK:
+  """`grouped_topk` / `select_topk` with `columns(x, k, sort)` picking each step's k best.
+
+  One pick over the full rows when the two steps would not scan under half the scores.
+  """
   b, n = scores.shape
   if k > n:
     raise ValueError(f"k={k} exceeds the {n} columns")
+  scores = scores.astype(jnp.float32)
   num_groups = -(-n // group)
   if group <= 1 or num_groups + k * group >= n // 2:
-    return exact_topk(scores, k)
-  scores = scores.astype(jnp.float32)
+    cols = columns(scores, k, True)
+    return TopK(jnp.take_along_axis(scores, cols, axis=-1), cols)
   if n % group:                        # only a ragged last group needs a padded copy
     scores = jnp.pad(scores, ((0, 0), (0, num_groups * group - n)), constant_values=-jnp.inf)
   grouped = scores.reshape(b, num_groups, group)
-  _, best = jax.lax.top_k(grouped.max(axis=-1), k)                       # (B, k) groups
+  best = columns(grouped.max(axis=-1), k, False)                         # (B, k) groups
   cand = jnp.take_along_axis(grouped, best[:, :, None], axis=1).reshape(b, k * group)
-  vals, pos = jax.lax.top_k(cand, k)
+  pos = columns(cand, k, True)
   cols = (best[:, :, None] * group + jnp.arange(group, dtype=best.dtype)).reshape(b, -1)
-  return TopK(vals, jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32))
+  return TopK(jnp.take_along_axis(cand, pos, axis=-1),
+              jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32))
 
 
 _HOST_THREADS = max(1, os.cpu_count() or 1)
@@ -194,23 +210,7 @@ def select_topk(scores: Array, k: int, group: int = 16) -> TopK:
   Returns:
     TopK with (B, k) scores (float32) and ids (int32), best first.
   """
-  b, n = scores.shape
-  if k > n:
-    raise ValueError(f"k={k} exceeds the {n} columns")
-  scores = scores.astype(jnp.float32)
-  num_groups = -(-n // group)
-  if group <= 1 or num_groups + k * group >= n // 2:
-    cols = _select_columns(scores, k)
-    return TopK(jnp.take_along_axis(scores, cols, axis=-1), cols)
-  if n % group:
-    scores = jnp.pad(scores, ((0, 0), (0, num_groups * group - n)), constant_values=-jnp.inf)
-  grouped = scores.reshape(b, num_groups, group)
-  best = _select_columns(grouped.max(axis=-1), k, sort=False)             # (B, k) groups
-  cand = jnp.take_along_axis(grouped, best[:, :, None], axis=1).reshape(b, k * group)
-  pos = _select_columns(cand, k)
-  cols = (best[:, :, None] * group + jnp.arange(group, dtype=best.dtype)).reshape(b, -1)
-  return TopK(jnp.take_along_axis(cand, pos, axis=-1),
-              jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32))
+  return _grouped_two_step(scores, k, group, _select_columns)
 
 
 def approx_topk(scores: Array, k: int, recall_target: float = 0.95) -> TopK:
