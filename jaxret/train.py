@@ -78,11 +78,34 @@ def num_negatives(config: ml_collections.ConfigDict) -> int:
   return DEFAULT_NEGATIVES[config.loss] if n is None or n < 0 else int(n)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           steps_per_epoch: int | None = None) -> Any:
+  """The step -> learning rate schedule (or a constant) of `config.train`.
+
+  Linear warm-up over `warmup_steps`, then constant, or with `lr_decay_epochs` > 0 a cosine
+  decay to `learning_rate * lr_final_ratio` over that many epochs (counted after warm-up).
+  """
   t = config.train
-  lr: Any = t.learning_rate
+  decay_epochs = t.get("lr_decay_epochs", 0)
+  peak = t.learning_rate
+  if decay_epochs > 0:
+    if not steps_per_epoch:
+      raise ValueError("--config.train.lr_decay_epochs needs the number of steps per epoch: "
+                       "pass steps_per_epoch to make_optimizer / init_state")
+    main = optax.cosine_decay_schedule(peak, decay_epochs * steps_per_epoch,
+                                       alpha=t.get("lr_final_ratio", 0.0))
+  else:
+    main = optax.constant_schedule(peak)
   if t.warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, t.warmup_steps), main],
+                                [t.warmup_steps])
+  return main if decay_epochs > 0 else peak
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  t = config.train
+  lr = learning_rate_schedule(config, steps_per_epoch)
   parts = []
   if t.grad_clip and t.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(t.grad_clip))
@@ -91,14 +114,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def init_state(config: ml_collections.ConfigDict, model: RetrievalModel, num_items: int,
-               rng: jax.Array, svd_factors: np.ndarray | None = None) -> TrainState:
+               rng: jax.Array, svd_factors: np.ndarray | None = None,
+               steps_per_epoch: int | None = None) -> TrainState:
   dummy = jnp.ones((1, config.max_len), jnp.int32)
   params = model.init({"params": rng, "dropout": rng}, dummy, dummy,
                       jnp.ones((2,), jnp.int32))["params"]
   if svd_factors is not None:
     params = {**params, "encoder": encoders_lib.with_svd_factors(
         {"params": params["encoder"]}, svd_factors)["params"]}
-  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, steps_per_epoch))
 
 
 def svd_factors_for(config, seqs: data_lib.Sequences, split: data_lib.Split) -> np.ndarray:
@@ -494,7 +518,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   svd = svd_factors_for(config, seqs, split) if config.encoder == "svd" else None
-  state = init_state(config, model, num_items, init_rng, svd)
+  state = init_state(config, model, num_items, init_rng, svd, train_batches.steps_per_epoch)
   state = sharding.replicate(state, mesh)
 
   ckpt = Checkpointer(workdir)

@@ -288,3 +288,19 @@ def test_same_seed_same_metrics_different_seed_different(tiny_dir, tmp_path):
   keys = [k for k in results[0] if k != "train_time"]
   assert all(results[0][k] == results[1][k] for k in keys)
   assert any(results[0][k] != results[2][k] for k in keys)
+
+
+def test_cosine_learning_rate_schedule():
+  config = default.get_config()
+  config.train.learning_rate, config.train.warmup_steps = 1e-3, 10
+  lr = train.learning_rate_schedule(config, 50)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(10_000)], [0.0, 5e-4, 1e-3, 1e-3])
+  config.train.lr_decay_epochs, config.train.lr_final_ratio = 4, 0.1
+  lr = train.learning_rate_schedule(config, steps_per_epoch=50)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(110), lr(210), lr(400)],
+                             [0.0, 5e-4, 1e-3, 5.5e-4, 1e-4, 1e-4], rtol=1e-5, atol=1e-9)
+  with pytest.raises(ValueError, match="steps per epoch"):
+    train.make_optimizer(config)
+  config.train.warmup_steps = 0
+  lr = train.learning_rate_schedule(config, steps_per_epoch=50)
+  np.testing.assert_allclose([lr(0), lr(100), lr(200)], [1e-3, 5.5e-4, 1e-4], rtol=1e-5)

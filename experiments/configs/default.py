@@ -49,6 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.learning_rate = 1e-3
   c.train.weight_decay = 0.0  # AdamW decoupled weight decay
   c.train.warmup_steps = 0
+  # Cosine decay of the learning rate to learning_rate * lr_final_ratio over this many epochs
+  # after warm-up (0 = constant). Set train.epochs to match to end the run where it bottoms out.
+  c.train.lr_decay_epochs = 0
+  c.train.lr_final_ratio = 0.0
   c.train.grad_clip = 1.0  # global-norm clipping (0 = off)
   c.train.num_devices = 0  # 0 = all visible devices
   # Fraction of the B*L positions whose targets are scored per step: real (non-padding)
