@@ -80,26 +80,26 @@ def num_negatives(config: ml_collections.ConfigDict) -> int:
 
 def learning_rate_schedule(config: ml_collections.ConfigDict,
                            steps_per_epoch: int | None = None) -> Any:
-  """The step -> learning rate schedule (or a constant) of `config.train`.
+  """The learning rate of `config.train`: a float, or a step -> rate schedule.
 
   Linear warm-up over `warmup_steps`, then constant, or with `lr_decay_epochs` > 0 a cosine
   decay to `learning_rate * lr_final_ratio` over that many epochs (counted after warm-up).
+  Without warm-up or decay it stays a float, so optimizer states (and checkpoints) keep the
+  structure they had before schedules existed.
   """
   t = config.train
-  decay_epochs = t.get("lr_decay_epochs", 0)
-  peak = t.learning_rate
-  if decay_epochs > 0:
-    if not steps_per_epoch:
-      raise ValueError("--config.train.lr_decay_epochs needs the number of steps per epoch: "
-                       "pass steps_per_epoch to make_optimizer / init_state")
-    main = optax.cosine_decay_schedule(peak, decay_epochs * steps_per_epoch,
-                                       alpha=t.get("lr_final_ratio", 0.0))
-  else:
-    main = optax.constant_schedule(peak)
-  if t.warmup_steps > 0:
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, t.warmup_steps), main],
-                                [t.warmup_steps])
-  return main if decay_epochs > 0 else peak
+  peak, decay_epochs = t.learning_rate, t.get("lr_decay_epochs", 0)
+  if decay_epochs <= 0:
+    return optax.linear_schedule(0.0, peak, t.warmup_steps) if t.warmup_steps > 0 else peak
+  if not steps_per_epoch:
+    raise ValueError("--config.train.lr_decay_epochs needs the number of steps per epoch: "
+                     "pass steps_per_epoch to make_optimizer / init_state")
+  decay = optax.cosine_decay_schedule(peak, decay_epochs * steps_per_epoch,
+                                      alpha=t.get("lr_final_ratio", 0.0))
+  if t.warmup_steps <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, t.warmup_steps), decay],
+                              [t.warmup_steps])
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
@@ -122,7 +122,8 @@ def init_state(config: ml_collections.ConfigDict, model: RetrievalModel, num_ite
   if svd_factors is not None:
     params = {**params, "encoder": encoders_lib.with_svd_factors(
         {"params": params["encoder"]}, svd_factors)["params"]}
-  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, steps_per_epoch))
+  return TrainState.create(apply_fn=model.apply, params=params,
+                           tx=make_optimizer(config, steps_per_epoch))
 
 
 def svd_factors_for(config, seqs: data_lib.Sequences, split: data_lib.Split) -> np.ndarray:
