@@ -9,8 +9,10 @@ and the same held-out --batch real queries, the stage-1 recall of the exact MoL 
 fraction of each query's exact MoL top-k items that the stage-1 dot product ranks within its
 top k'. With an exact stage 2 this is the two-stage relative recall@k, so a fit can be judged
 without running stage 2. The evaluation pool and its exact MoL top-k are computed once and
-cached in --cache_dir (keyed by checkpoint, seed, pool size and k). Appends one JSON record per
-run to --out.
+cached in --cache_dir (keyed by checkpoint, seed, pool size and k). With
+--union_avg_fractions it also reports the recall of a mixed candidate list of the same size k':
+the h-indexer's top (1 - f) k' together with the 'avg' generator's top f k'. Appends one JSON
+record per run to --out.
 """
 from __future__ import annotations
 
@@ -44,10 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--k", type=int, default=100)
   p.add_argument("--k_primes", default="1000,2000,5000,10000")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--union_avg_fractions", default="",
+                 help="also report the recall of the union of the h-indexer's top (1-f) k' "
+                      "and the 'avg' generator's top f k', for these f (e.g. 0.1,0.25)")
   # The fit (defaults: scripts/bench_retrieval.py's).
   p.add_argument("--pool", type=int, default=20000, help="synthetic items of the fit")
   p.add_argument("--dim", type=int, default=64)
   p.add_argument("--hidden", type=int, default=128)
+  p.add_argument("--num_probes", type=int, default=1, help="query probes (HIndexer.num_probes)")
   p.add_argument("--steps", type=int, default=1500)
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--num_negatives", type=int, default=1024)
@@ -85,24 +91,43 @@ def eval_set(args, src, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def stage1_ranks(hindexer, h_params, queries: np.ndarray, items: np.ndarray,
                  top: np.ndarray) -> np.ndarray:
-  """(B, k) 0-based stage-1 rank (among all N items) of each exact MoL top-k item."""
+  """(B, k) 0-based h-indexer rank (among all N items) of each exact MoL top-k item."""
   emb_i = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_items))
   emb_q = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_queries))
   table = jnp.concatenate([emb_i(h_params, jnp.asarray(items[s:s + 65536]))
                            for s in range(0, len(items), 65536)])
-  hq = emb_q(h_params, jnp.asarray(queries))
+  return dot_ranks(emb_q(h_params, jnp.asarray(queries)), table, top)
+
+
+def avg_ranks(index: MoLIndex, queries: np.ndarray, top: np.ndarray) -> np.ndarray:
+  """(B, k) 0-based rank under the 'avg' generator of each exact MoL top-k item."""
+  table = index.stage1_table("avg")
+  return dot_ranks(index.stage1_query_embeddings(queries, "avg"),
+                   table.values.astype(jnp.float32), top)
+
+
+def dot_ranks(query_emb: jax.Array, table: jax.Array, top: np.ndarray) -> np.ndarray:
+  """(B, k) 0-based rank of rows `top` among the (N,) dot-product scores of each query
+  ((B, M, d) multi-probe queries: each row's best probe)."""
 
   @jax.jit
   def ranks(q, rows, table):
-    scores = q @ table.T                                              # (b, N)
+    scores = q @ table.T if q.ndim == 2 else jnp.max(q @ table.T, axis=1)  # (b, N)
     target = jnp.take_along_axis(scores, rows, axis=-1)              # (b, k)
     ordered = -jnp.sort(-scores, axis=-1)                             # descending
     # Items scoring strictly higher than the target (ties counted in its favour).
     return jax.vmap(lambda o, t: jnp.searchsorted(-o, -t, side="left"))(ordered, target)
 
-  out = [np.asarray(ranks(hq[s:s + 32], jnp.asarray(top[s:s + 32]), table))
-         for s in range(0, len(queries), 32)]
+  out = [np.asarray(ranks(query_emb[s:s + 32], jnp.asarray(top[s:s + 32]), table))
+         for s in range(0, len(top), 32)]
   return np.concatenate(out)
+
+
+def union_recall(h_ranks: np.ndarray, a_ranks: np.ndarray, k_prime: int,
+                 avg_fraction: float) -> float:
+  """Recall of the union of the h-indexer's top (1 - f) k' and the 'avg' top f k'."""
+  n_avg = int(round(avg_fraction * k_prime))
+  return float(np.mean((h_ranks < k_prime - n_avg) | (a_ranks < n_avg)))
 
 
 def main(argv=None) -> None:
@@ -119,7 +144,7 @@ def main(argv=None) -> None:
   t = time.time()
   train_items = np.concatenate([sample(rng, args.pool, src.item_mean, src.item_chol),
                                 src.real_items])
-  hindexer = HIndexer(dim=args.dim, hidden=args.hidden)
+  hindexer = HIndexer(dim=args.dim, hidden=args.hidden, num_probes=args.num_probes)
   base = MoLIndex.from_arrays(src.head, src.head_params, train_items)
   fitted = base.fit_hindexer(fit_q, train_items, hindexer, teacher_k=args.teacher_k,
                              steps=args.steps, batch_size=args.batch_size,
@@ -129,16 +154,25 @@ def main(argv=None) -> None:
   fit_s = time.time() - t
   r = stage1_ranks(hindexer, fitted.arrays.hindexer_params, queries, items, top)
   recall = {str(kp): round(float(np.mean(r < kp)), 4) for kp in _ints(args.k_primes)}
+  union = {}
+  fractions = [float(f) for f in args.union_avg_fractions.split(",") if f]
+  if fractions:
+    a = avg_ranks(MoLIndex.from_arrays(src.head, src.head_params, items), queries, top)
+    union = {f"{f:g}": {str(kp): round(union_recall(r, a, kp, f), 4)
+                        for kp in _ints(args.k_primes)} for f in [0.0, *fractions, 1.0]}
   record = dict(label=args.label, date=time.strftime("%Y-%m-%d %H:%M:%S"),
                 checkpoint=str(args.checkpoint), eval_pool=args.eval_pool, k=args.k,
                 eval_queries=len(queries), fit_queries=len(fit_q),
-                fit=dict(pool=args.pool, dim=args.dim, hidden=args.hidden, steps=args.steps,
+                fit=dict(pool=args.pool, dim=args.dim, hidden=args.hidden,
+                         num_probes=args.num_probes, steps=args.steps,
                          batch_size=args.batch_size, num_negatives=args.num_negatives,
                          teacher_k=args.teacher_k, teacher_temperature=args.teacher_temperature,
                          temperature=args.temperature, learning_rate=args.learning_rate,
                          prefix_queries=args.prefix_queries),
                 fit_seconds=round(fit_s, 1), stage1_recall_at_k_prime=recall,
                 median_rank=float(np.median(r)), p99_rank=float(np.percentile(r, 99)))
+  if union:
+    record["union_avg_recall_at_k_prime"] = union         # {avg fraction: {k': recall}}
   print(json.dumps(record))
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

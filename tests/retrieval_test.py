@@ -380,3 +380,71 @@ def test_fit_hindexer_improves_stage1_recall():
                               steps=150, batch_size=64, num_negatives=64, learning_rate=1e-2)
   # Random towers recall ~0.10 (= k'/N); distilled ones ~0.36 (the 'avg' generator: ~0.29).
   assert recall(fitted) > recall(index) + 0.15, (recall(fitted), recall(index))
+
+
+# ----------------------------------------------------------------------------- multi-probe
+
+
+@pytest.mark.parametrize("backend", topk_lib.BACKENDS)
+def test_multi_probe_dot_topk_scores_the_best_probe(backend):
+  q = jnp.asarray(_rand(30, (4, 3, 16)))                          # (B, M, d)
+  table = quant.quantize(_rand(31, (1001, 16)), "int8")
+  best = np.max(np.einsum("bmd,nd->bmn", np.asarray(q), np.asarray(table.dequantize())), 1)
+  ref_vals, ref_ids = jax.lax.top_k(jnp.asarray(best), 25)
+  out = jax.jit(lambda q, t: topk_lib.dot_topk(q, t, 25, backend, block=128))(q, table)
+  if backend == "approx":                                          # recall, not identity
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(out.ids, ref_ids)]) >= 0.9 * 25
+    return
+  np.testing.assert_array_equal(out.ids, ref_ids)
+  np.testing.assert_allclose(out.scores, ref_vals, rtol=1e-4, atol=1e-4)
+
+
+def test_multi_probe_hindexer_loss_against_numpy():
+  h = hidx.HIndexer(dim=4, normalize=False, num_probes=3)
+  params = hidx.init_hindexer(h, D_Q, D_I, jax.random.key(0))
+  q, pos, neg = _rand(32, (3, D_Q)), _rand(33, (3, D_I)), _rand(34, (5, D_I))
+  mask = np.ones(3, np.float32)
+  loss, _ = hidx.hindexer_loss(params, h, q, pos, neg, mask, temperature=0.5)
+  wq, bq = (np.asarray(params["query_out"][k]) for k in ("kernel", "bias"))
+  wi, bi = (np.asarray(params["item_out"][k]) for k in ("kernel", "bias"))
+  hq = (q @ wq + bq).reshape(3, 3, 4)                              # (B, M, d)
+  hp, hn = pos @ wi + bi, neg @ wi + bi
+  s_pos = np.einsum("bmd,bd->bm", hq, hp).max(-1, keepdims=True)
+  s_neg = np.einsum("bmd,rd->bmr", hq, hn).max(1)
+  logits = np.concatenate([s_pos, s_neg], -1) / 0.5
+  per = np.log(np.exp(logits).sum(-1)) - logits[:, 0]
+  np.testing.assert_allclose(loss, per.sum(), rtol=1e-5)
+
+
+def test_multi_probe_index_all_candidates_exact_and_save_load(tmp_path):
+  index, items = _small_index()
+  h = hidx.HIndexer(dim=4, hidden=8, num_probes=2)
+  h_params = hidx.init_hindexer(h, D_Q, D_I, jax.random.key(3))
+  index = index.with_hindexer(h, h_params, items)
+  q = _rand(35, (4, D_Q))
+  assert index.stage1_query_embeddings(q, "hindexer").shape == (4, 2, 4)
+  ref_ids, ref_vals = index.exact_mol_topk(q, 10)
+  ids, vals = index.retrieve(q, 10, index.num_items, "hindexer")
+  np.testing.assert_array_equal(ids, ref_ids)
+  np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
+  loaded = index_lib.MoLIndex.load(index.save(tmp_path / "mp.npz"))
+  assert loaded.hindexer.num_probes == 2
+  np.testing.assert_array_equal(loaded.stage1(q, 50, "hindexer")[0],
+                                index.stage1(q, 50, "hindexer")[0])
+
+
+def test_fit_multi_probe_hindexer_improves_stage1_recall():
+  index, items = _small_index()
+  queries, test_q = _rand(18, (256, D_Q)), _rand(19, (32, D_Q))
+  ref, _ = index.exact_mol_topk(test_q, 10)
+  fitted = index.fit_hindexer(queries, items, hidx.HIndexer(dim=8, hidden=32, num_probes=2),
+                              teacher_k=10, steps=150, batch_size=64, num_negatives=64,
+                              learning_rate=1e-2)
+  ids, _ = fitted.stage1(test_q, 30, "hindexer")
+  recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, ref)])
+  assert recall > 0.25, recall                                     # random towers: ~0.10
+
+
+def test_hindexer_rejects_zero_probes():
+  with pytest.raises(ValueError, match="num_probes"):
+    hidx.init_hindexer(hidx.HIndexer(dim=4, num_probes=0), D_Q, D_I, jax.random.key(0))

@@ -9,6 +9,10 @@ small projections of the query vector and of the item vector (`HIndexer`), train
   * post hoc, by distillation from a trained MoL head (`fit_hindexer`): a listwise
     cross-entropy between the stage-1 softmax and the MoL softmax over each query's MoL
     top items plus uniform random negatives. This needs no change to training.
+
+With `num_probes` M > 1 the query tower emits M embeddings and an item's stage-1 score is its
+best probe, `max_m <h_q(q)_m, h_x(x)>`: one dot product cannot cover a MoL query whose top
+items are spread over several component pairs, M probes of dim d/M cost the same as one of d.
 """
 from __future__ import annotations
 
@@ -31,31 +35,40 @@ class HIndexer(nn.Module):
   """Query and item towers of the stage-1 index: (..., D) -> (..., dim).
 
   Each tower is [Dense(hidden) -> SiLU ->] Dense(dim), l2-normalised when `normalize`
-  (so the stage-1 score is a cosine; `temperature` only matters in the losses).
+  (so the stage-1 score is a cosine; `temperature` only matters in the losses). With
+  `num_probes` M > 1 the query tower ends in Dense(M * dim), read as M embeddings, each
+  normalised, and `score` takes the best probe.
 
   Attributes:
     dim: stage-1 embedding size (16 or 32 in the paper's spirit).
     hidden: width of an optional hidden layer per tower (0: linear).
     normalize: l2-normalise both embeddings.
+    num_probes: query embeddings per query.
   """
   dim: int = 32
   hidden: int = 0
   normalize: bool = True
+  num_probes: int = 1
 
   def setup(self):
     init = nn.initializers.xavier_uniform()
     if self.hidden > 0:
       self.query_hidden = nn.Dense(self.hidden, kernel_init=init)
       self.item_hidden = nn.Dense(self.hidden, kernel_init=init)
-    self.query_out = nn.Dense(self.dim, kernel_init=init)
+    if self.num_probes < 1:
+      raise ValueError(f"num_probes must be >= 1, got {self.num_probes}")
+    self.query_out = nn.Dense(self.dim * self.num_probes, kernel_init=init)
     self.item_out = nn.Dense(self.dim, kernel_init=init)
 
   def embed_queries(self, queries: Array) -> Array:
-    """(..., D_Q) query vectors -> (..., dim) float32 stage-1 query embeddings."""
+    """(..., D_Q) query vectors -> (..., dim), or (..., num_probes, dim) when
+    num_probes > 1, float32 stage-1 query embeddings."""
     x = jnp.asarray(queries, jnp.float32)
     if self.hidden > 0:
       x = nn.silu(self.query_hidden(x))
     x = self.query_out(x)
+    if self.num_probes > 1:
+      x = x.reshape(x.shape[:-1] + (self.num_probes, self.dim))
     return l2_normalize(x) if self.normalize else x
 
   def embed_items(self, items: Array) -> Array:
@@ -65,6 +78,14 @@ class HIndexer(nn.Module):
       x = nn.silu(self.item_hidden(x))
     x = self.item_out(x)
     return l2_normalize(x) if self.normalize else x
+
+  def score(self, query_emb: Array, item_emb: Array, spec: str) -> Array:
+    """Stage-1 scores by `jnp.einsum(spec, query_emb, item_emb)`, `spec` written for
+    one probe ('...d' query operand); with num_probes > 1 the best probe's score."""
+    if self.num_probes == 1:
+      return jnp.einsum(spec, query_emb, item_emb)
+    per_probe = jax.vmap(lambda q: jnp.einsum(spec, q, item_emb))(jnp.moveaxis(query_emb, -2, 0))
+    return jnp.max(per_probe, axis=0)
 
   def __call__(self, queries: Array, items: Array) -> tuple[Array, Array]:
     """Both towers: ((..., dim), (..., dim)); used by `init`."""
@@ -102,11 +123,11 @@ def hindexer_loss(params, hindexer: HIndexer, queries: Array, pos_items: Array,
   hq = hindexer.apply({"params": params}, queries, method=HIndexer.embed_queries)
   hp = hindexer.apply({"params": params}, pos_items, method=HIndexer.embed_items)
   hn = hindexer.apply({"params": params}, neg_items, method=HIndexer.embed_items)
-  pos = jnp.sum(hq * hp, axis=-1) / temperature                           # (...)
+  pos = hindexer.score(hq, hp, "...d,...d->...") / temperature            # (...)
   if hn.ndim == 2:
-    neg = jnp.einsum("...d,rd->...r", hq, hn) / temperature               # (..., R)
+    neg = hindexer.score(hq, hn, "...d,rd->...r") / temperature           # (..., R)
   else:
-    neg = jnp.einsum("...d,...rd->...r", hq, hn) / temperature
+    neg = hindexer.score(hq, hn, "...d,...rd->...r") / temperature
   return sampled_softmax_loss(pos, neg, mask, neg_valid)
 
 
@@ -138,11 +159,11 @@ class HIndexedRetrievalModel(RetrievalModel):
     hq, hp = self.hindexer(q, pos_vec)
     hn = self.hindexer.embed_items(neg_vec)
     t = self.hindexer_temperature
-    s_pos = jnp.sum(hq * hp, axis=-1) / t
+    s_pos = self.hindexer.score(hq, hp, "...d,...d->...") / t
     if hn.ndim == 2:
-      s_neg = jnp.einsum("...d,rd->...r", hq, hn) / t
+      s_neg = self.hindexer.score(hq, hn, "...d,rd->...r") / t
     else:
-      s_neg = jnp.einsum("...d,...rd->...r", hq, hn) / t
+      s_neg = self.hindexer.score(hq, hn, "...d,...rd->...r") / t
     if self.is_mutable_collection("hindexer_loss") and not self.is_initializing():
       mask = targets != 0
       self.sow("hindexer_loss", "ss",
@@ -210,8 +231,8 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
       hq = hindexer.apply({"params": p}, q, method=HIndexer.embed_queries)          # (b, h)
       h_top = hindexer.apply({"params": p}, items[top], method=HIndexer.embed_items)  # (b, T, h)
       h_neg = hindexer.apply({"params": p}, items[negs], method=HIndexer.embed_items)  # (R, h)
-      logits = jnp.concatenate([jnp.einsum("bh,bth->bt", hq, h_top),
-                                jnp.einsum("bh,rh->br", hq, h_neg)], axis=-1) / temperature
+      logits = jnp.concatenate([hindexer.score(hq, h_top, "bh,bth->bt"),
+                                hindexer.score(hq, h_neg, "bh,rh->br")], axis=-1) / temperature
       return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), axis=-1))
 
     loss, grads = jax.value_and_grad(loss_fn)(params)

@@ -8,7 +8,8 @@ Build once (from arrays, or from a trained `RetrievalModel` and its params), the
 
 Stage-1 generators (`generator=`):
   * 'hindexer': dot product of dedicated low-dim embeddings (`HIndexer`), trained jointly
-    (`HIndexedRetrievalModel`) or distilled post hoc (`MoLIndex.fit_hindexer`).
+    (`HIndexedRetrievalModel`) or distilled post hoc (`MoLIndex.fit_hindexer`); with
+    `HIndexer(num_probes=M)` an item's stage-1 score is the best of M query probes.
   * 'avg': dot product of the mean query MoL component with the mean item MoL component.
   * 'per_component': for each of the P = P_Q' * P_X (query component, item component)
     pairs, the top ceil(k'/P) items by `<f_a(q), g_b(x)>` (or `per_pair_k`); the P lists are
@@ -363,9 +364,10 @@ class MoLIndex:
         sq = self.hindexer.apply({"params": arrays.hindexer_params}, q,
                                  method=HIndexer.embed_queries)
         table = arrays.hindexer_table
-      backend = self.stage1_backend(k_prime, b * table.num_rows)
+      rows = b * (sq.shape[1] if sq.ndim == 3 else 1)                  # query probes
+      backend = self.stage1_backend(k_prime, rows * table.num_rows)
       top = topk_lib.dot_topk(sq, table, k_prime, backend,
-                              _block_for(b, table.num_rows), self.recall_target)
+                              _block_for(rows, table.num_rows), self.recall_target)
       return top.ids, jnp.ones(top.ids.shape, bool)
     # per_component: (B * P) rows of pair scores, top-m per pair.
     p_x = self.head.num_item_components
@@ -516,7 +518,8 @@ class MoLIndex:
     return fn
 
   def stage1_query_embeddings(self, queries: Array | np.ndarray, generator: str) -> Array:
-    """(B, D_Q) -> (B, d_1) stage-1 query embeddings for 'avg' or 'hindexer'."""
+    """(B, D_Q) -> (B, d_1) stage-1 query embeddings for 'avg' or 'hindexer'
+    ((B, M, d_1) for a hindexer with M > 1 probes)."""
     q = self._check_queries(queries)
     self._check_generator(generator)
     if generator == "per_component":

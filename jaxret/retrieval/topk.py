@@ -306,10 +306,18 @@ def _scan_table(table: QuantizedTable, block: int, step: Callable, carry):
   return carry
 
 
+def probe_max_scores(table: QuantizedTable, queries: Array) -> Array:
+  """(B, N) scores of (B, d) queries, or of (B, M, d) multi-probe queries: the best probe."""
+  s = table.scores(queries)
+  return s if queries.ndim == 2 else jnp.max(s, axis=-2)
+
+
 def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
                        block: int = 16384, id_offset: Array | int = 0,
                        num_valid: Array | int | None = None, group: int = 16) -> TopK:
   """Blockwise exact top-k of `queries @ table.T` (dequantised inside the dot).
+
+  Multi-probe queries (B, M, d) score each row by its best probe (`probe_max_scores`).
 
   Scans the table `block` rows at a time keeping a running top-k, so the `(B, N)` score
   matrix never exists. With `group > 1` (the default) the running top-k is over *group
@@ -322,7 +330,7 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
   fixed cost of re-scoring k * group rows would dominate).
 
   Args:
-    queries: (B, d) float.
+    queries: (B, d) or (B, M, d) float.
     table: QuantizedTable with values (N, d).
     k: results per query, <= N.
     block: rows per step (rounded up to a multiple of `group`).
@@ -345,7 +353,7 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
   if group == 1 or n <= block:                 # one block: plain top-k, nothing to group
     def row_step(carry: TopK, start, tab: QuantizedTable) -> TopK:
       ids = start + jnp.arange(tab.num_rows, dtype=jnp.int32)
-      return merge_topk(carry, _block_topk(tab.scores(queries), ids + id_offset,
+      return merge_topk(carry, _block_topk(probe_max_scores(tab, queries), ids + id_offset,
                                            ids < limit, k), k)
 
     return _scan_table(table, block, row_step, _empty(batch, k))
@@ -357,7 +365,7 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
     size = tab.num_rows
     padded = -(-size // group) * group
     ids = start + jnp.arange(padded, dtype=jnp.int32)
-    scores = jnp.pad(tab.scores(queries), ((0, 0), (0, padded - size)))
+    scores = jnp.pad(probe_max_scores(tab, queries), ((0, 0), (0, padded - size)))
     scores = jnp.where((ids < jnp.minimum(limit, n))[None, :], scores, -jnp.inf)
     maxima = scores.reshape(batch, padded // group, group).max(axis=-1)
     gids = start // group + jnp.arange(padded // group, dtype=jnp.int32)
@@ -370,7 +378,9 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
   valid = jnp.repeat(best.ids >= 0, group, axis=-1) & (rows < limit) & (rows < n)
   cand = table.take(jnp.clip(rows, 0, n - 1))                         # (B, k_groups * group, d)
   v = cand.values if cand.kind == "fp32" else cand.values.astype(jnp.float32)
-  scores = jnp.einsum("bd,bmd->bm", jnp.asarray(queries, jnp.float32), v)
+  q = jnp.asarray(queries, jnp.float32)
+  scores = (jnp.einsum("bd,bmd->bm", q, v) if q.ndim == 2
+            else jnp.max(jnp.einsum("bpd,bmd->bpm", q, v), axis=1))
   if cand.scale is not None:
     scores = scores * cand.scale
   vals, pos = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), k)
@@ -382,7 +392,7 @@ def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exac
   """Top-k of `queries @ table.T` with the named backend.
 
   Args:
-    queries: (B, d) float.
+    queries: (B, d) float, or (B, M, d) multi-probe queries (a row scores its best probe).
     table: QuantizedTable (N, d).
     k: results per query.
     backend: one of BACKENDS.
@@ -394,7 +404,7 @@ def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exac
   """
   if backend == "blockwise":
     return blockwise_dot_topk(queries, table, k, block)
-  scores = table.scores(queries)
+  scores = probe_max_scores(table, queries)
   if backend == "exact":
     return exact_topk(scores, k)
   if backend == "grouped":
@@ -415,7 +425,7 @@ def sharded_topk(queries: Array, table: QuantizedTable, k: int, mesh: Mesh,
   masked rows to a multiple of the device count. Call under `jax.jit` (mesh and k static).
 
   Args:
-    queries: (B, d) float, replicated.
+    queries: (B, d) or (B, M, d) multi-probe float, replicated.
     table: QuantizedTable (N, d); its rows are placed as P(axis).
     k: results per query, at most the rows of one shard (ceil(N / n_dev)).
     mesh: a mesh with axis `axis`.
@@ -438,7 +448,7 @@ def sharded_topk(queries: Array, table: QuantizedTable, k: int, mesh: Mesh,
     if local_backend == "blockwise":
       top = blockwise_dot_topk(q, tab, k, block, id_offset=offset, num_valid=n - offset)
     else:
-      scores = tab.scores(q)
+      scores = probe_max_scores(tab, q)
       rows = jnp.arange(local_n, dtype=jnp.int32)
       scores = jnp.where((rows < n - offset)[None, :], scores, -jnp.inf)
       top = exact_topk(scores, k)
