@@ -61,7 +61,8 @@ def evaluate_workdir(workdir: str, split: str = "test", data_dir: str | None = N
                                  config.eval.batch_size, config.eval.exclude_history,
                                  length_buckets=train.length_buckets(config))
   eval_step = jax.jit(train.make_eval_step(model, config, seqs.num_items))
-  return train.evaluate(eval_step, params, batches, mesh, split)
+  return train.evaluate(eval_step, params, batches, mesh, split,
+                        train.eval_sampling(config, seqs.num_items))
 
 
 def main(argv):

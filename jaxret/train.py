@@ -319,9 +319,15 @@ def eval_cutoffs(config: ml_collections.ConfigDict, num_items: int) -> tuple[int
 
 def make_eval_step(model: RetrievalModel, config: ml_collections.ConfigDict,
                    num_items: int) -> Callable:
-  """Returns `eval_step(params, batch) -> {metric: weighted sum, 'weight': sum}`."""
+  """Returns `eval_step(params, batch) -> {metric: weighted sum, 'weight': sum}`.
+
+  With `config.eval.sampled_negatives` S > 0 it returns per-example `ranks`, `candidates`
+  and `weights` instead; `evaluate` turns them into the expected metrics of ranking each
+  target against S sampled candidates (`metrics.sampled_metrics_from_ranks`, on the host).
+  """
   ks = eval_cutoffs(config, num_items)
   chunk = int(config.eval.chunk_size)
+  sampled = int(config.eval.get("sampled_negatives", 0))
 
   def eval_step(params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     variables = {"params": params}
@@ -332,8 +338,12 @@ def make_eval_step(model: RetrievalModel, config: ml_collections.ConfigDict,
 
     ranks = metrics_lib.chunked_ranks(score_fn, batch["targets"], num_items, batch["exclude"],
                                       chunk_size=chunk)
-    per_example = metrics_lib.metrics_from_ranks(ranks, ks)
     w = batch["weight"]
+    if sampled:
+      return {"ranks": ranks, "weights": w,
+              "candidates": metrics_lib.num_candidates(batch["targets"], batch["exclude"],
+                                                       num_items)}
+    per_example = metrics_lib.metrics_from_ranks(ranks, ks)
     sums = {k: jnp.sum(jnp.where(w > 0, v, 0.0) * w) for k, v in per_example.items()}
     sums["weight"] = jnp.sum(w)
     return sums
@@ -341,14 +351,34 @@ def make_eval_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   return eval_step
 
 
+def eval_sampling(config: ml_collections.ConfigDict,
+                  num_items: int) -> tuple[int, tuple[int, ...]] | None:
+  """(S, ks) for `evaluate` when `config.eval.sampled_negatives` S > 0, else None."""
+  sampled = int(config.eval.get("sampled_negatives", 0))
+  return (sampled, eval_cutoffs(config, num_items)) if sampled else None
+
+
 def evaluate(eval_step: Callable, params: Any, batches: data_lib.EvalBatches, mesh,
-             desc: str = "eval") -> dict[str, float]:
-  """Runs `eval_step` over every batch; returns metric means over the real examples."""
+             desc: str = "eval", sampled: tuple[int, tuple[int, ...]] | None = None
+             ) -> dict[str, float]:
+  """Runs `eval_step` over every batch; returns metric means over the real examples.
+
+  `sampled`: `eval_sampling(config, num_items)`, needed by a sampled-candidate `eval_step`.
+  """
   totals: dict[str, float] = {}
   for batch in tqdm(batches, total=batches.num_batches, desc=desc, leave=False,
                     disable=jax.process_index() != 0):
-    sums = jax.device_get(eval_step(params, sharding.shard_batch(batch, mesh)))
-    for k, v in sums.items():
+    out = jax.device_get(eval_step(params, sharding.shard_batch(batch, mesh)))
+    if "ranks" in out:
+      if sampled is None:
+        raise ValueError("a sampled-candidate eval_step needs evaluate(..., sampled=(S, ks))")
+      w = np.asarray(out["weights"], np.float64)
+      real = w > 0
+      per = metrics_lib.sampled_metrics_from_ranks(out["ranks"][real], out["candidates"][real],
+                                                   sampled[0], sampled[1])
+      out = {k: float(np.sum(v * w[real])) for k, v in per.items()}
+      out["weight"] = float(np.sum(w))
+    for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   weight = totals.pop("weight", 0.0)
   return {k: v / weight for k, v in sorted(totals.items())} if weight else {}
@@ -429,6 +459,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("ratio_targets", "all") not in data_lib.splits.RATIO_TARGETS:
     raise ConfigError(f"unknown --config.ratio_targets {config.ratio_targets!r}; valid names: "
                       f"{', '.join(data_lib.splits.RATIO_TARGETS)}")
+  sampled = config.eval.get("sampled_negatives", 0)
+  if isinstance(sampled, bool) or not isinstance(sampled, int) or sampled < 0:
+    raise ConfigError(f"--config.eval.sampled_negatives must be an integer >= 0 (0: rank "
+                      f"against every item), got {sampled!r}")
   for field, value in (("train.batch_size", config.train.batch_size),
                        ("eval.batch_size", config.eval.batch_size),
                        ("train.epochs", config.train.epochs),
@@ -538,6 +572,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   train_step = jax.jit(make_train_step(model, config, num_items), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, config, num_items))
+  sampling = eval_sampling(config, num_items)
   logger = _Logger(workdir)
   if restored is not None:
     logger.truncate_after(meta["epoch"])
@@ -573,7 +608,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     last = epoch + 1 == config.train.epochs
     if (epoch + 1) % config.eval.every_epochs == 0 or last:
       logger.write(record)
-      valid = evaluate(eval_step, state.params, valid_batches, mesh, "valid")
+      valid = evaluate(eval_step, state.params, valid_batches, mesh, "valid", sampling)
       value = valid[metric]
       logger.write({"step": int(state.step), "epoch": epoch + 1, "split": "valid", **valid,
                     "wall_time": time.time() - t_start})
@@ -596,7 +631,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   best = ckpt.restore("best", {"params": state.params})
   params = sharding.replicate(best[0]["params"], mesh) if best else state.params
-  test = evaluate(eval_step, params, test_batches, mesh, "test")
+  test = evaluate(eval_step, params, test_batches, mesh, "test", sampling)
   result = {**test, "best_epoch": meta["best_epoch"], "epochs": meta["epoch"],
             f"valid_{metric}": meta["best"], "train_time": meta["train_time"]}
   if jax.process_index() == 0:

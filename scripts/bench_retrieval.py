@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   # checkpoint (stage-1 recall@100 at k'=5000: 0.959, against 0.940 at hidden 128, 1500 steps).
   p.add_argument("--hindexer_hidden", type=int, default=512)
   p.add_argument("--hindexer_steps", type=int, default=3000)
+  p.add_argument("--hindexer_probes", type=int, default=1,
+                 help="query probes of the h-indexer (an item scores its best probe); "
+                      "M probes of --hindexer_dim / M cost one probe of --hindexer_dim")
   p.add_argument("--hindexer_prefix_queries", type=int, default=0,
                  help="with --checkpoint: add this many training queries drawn from the "
                       "earlier positions of the fit users' histories (encoder outputs)")
@@ -270,7 +273,8 @@ def main(argv=None) -> None:
   if not args.throughput_generator:
     args.throughput_generator = "hindexer" if "hindexer" in gens else "avg"
   h_params = None
-  hindexer = HIndexer(dim=args.hindexer_dim, hidden=args.hindexer_hidden)
+  hindexer = HIndexer(dim=args.hindexer_dim, hidden=args.hindexer_hidden,
+                      num_probes=args.hindexer_probes)
   if "hindexer" in gens:
     t = time.time()
     train_items = sample(rng, args.hindexer_pool, src.item_mean, src.item_chol)
@@ -387,7 +391,8 @@ def main(argv=None) -> None:
               throughput_generator=args.throughput_generator,
               hindexer_fit=None if h_params is None else dict(
                   queries=int(len(train_q)), prefix_queries=args.hindexer_prefix_queries,
-                  pool=args.hindexer_pool, hidden=args.hindexer_hidden,
+                  pool=args.hindexer_pool, dim=args.hindexer_dim,
+                  hidden=args.hindexer_hidden, probes=args.hindexer_probes,
                   steps=args.hindexer_steps,
                   teacher_k_prime=args.hindexer_teacher_k_prime or "exact"))
   (out / "machine.json").write_text(json.dumps(info, indent=2))

@@ -478,3 +478,41 @@ def test_accumulator_rejects_mismatched_weights():
   acc = metrics.MetricAccumulator()
   with pytest.raises(ValueError):
     acc.update({"mrr": np.ones(4)}, weights=np.ones(3))
+
+
+def test_num_candidates_against_numpy():
+  rng = np.random.default_rng(7)
+  n = 20
+  targets = rng.integers(1, n + 1, 50)
+  exclude = rng.integers(0, n + 3, (50, 12))                        # padding, dupes, > n
+  got = np.asarray(metrics.num_candidates(jnp.asarray(targets), jnp.asarray(exclude), n))
+  want = [n - len({e for e in row if 1 <= e <= n and e != t}) for t, row in
+          zip(targets, exclude)]
+  np.testing.assert_array_equal(got, want)
+
+
+def test_sampled_metrics_match_monte_carlo_sampling():
+  """The expected sampled metrics against literally sampling S of the other candidates."""
+  rng = np.random.default_rng(8)
+  cands = np.array([40, 40, 25, 60, 7])
+  ranks = np.array([0, 12, 24, 30, 3])
+  s, ks = 10, (1, 5, 10)
+  got = metrics.sampled_metrics_from_ranks(ranks, cands, s, ks)
+  draws = 20000
+  for i, (r, c) in enumerate(zip(ranks, cands)):
+    ahead = np.zeros(c - 1, bool)
+    ahead[:r] = True                                                # r of the c-1 others beat it
+    x = np.array([ahead[rng.choice(c - 1, min(s, c - 1), replace=False)].sum()
+                  for _ in range(draws)])
+    for k in ks:
+      assert got[f"hr@{k}"][i] == pytest.approx(np.mean(x < k), abs=0.015), (i, k)
+      ndcg = np.mean(np.where(x < k, 1 / np.log2(x + 2), 0))
+      assert got[f"ndcg@{k}"][i] == pytest.approx(ndcg, abs=0.015), (i, k)
+    assert got["mrr"][i] == pytest.approx(np.mean(1 / (x + 1)), abs=0.01), i
+  # S at least every ranking's other candidates: the full-ranking metrics.
+  full = metrics.metrics_from_ranks(jnp.asarray(ranks), ks)
+  every = metrics.sampled_metrics_from_ranks(ranks, cands, 100, ks)
+  for k in full:
+    np.testing.assert_allclose(every[k], np.asarray(full[k]), atol=1e-9)
+  with pytest.raises(ValueError, match="num_negatives"):
+    metrics.sampled_metrics_from_ranks(ranks, cands, 0)

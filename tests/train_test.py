@@ -304,3 +304,29 @@ def test_cosine_learning_rate_schedule():
   config.train.warmup_steps = 0
   lr = train.learning_rate_schedule(config, steps_per_epoch=50)
   np.testing.assert_allclose([lr(0), lr(100), lr(200)], [1e-3, 5.5e-4, 1e-4], rtol=1e-5)
+
+
+def test_sampled_candidate_evaluation(tiny_dir):
+  """eval.sampled_negatives S: with S >= every ranking's other candidates the metrics equal
+  full ranking; with a small S they are the mean of brute-force sampled rankings."""
+  config = tiny_config(tiny_dir, head="dot")
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+  mesh = sharding.make_mesh(1)
+  batches = data_lib.EvalBatches(seqs, split.eval_examples("test"), config.max_len, 16)
+
+  def run(s):
+    c = tiny_config(tiny_dir, head="dot", **{"eval.sampled_negatives": s})
+    step = jax.jit(train.make_eval_step(model, c, seqs.num_items))
+    return train.evaluate(step, state.params, batches, mesh, "test",
+                          train.eval_sampling(c, seqs.num_items))
+
+  full, everything = run(0), run(seqs.num_items)
+  assert full.keys() == everything.keys()
+  for k in full:
+    assert everything[k] == pytest.approx(full[k], abs=1e-6), k
+  few = run(5)
+  assert few["hr@5"] > full["hr@5"] and few["mrr"] > full["mrr"]
+  with pytest.raises(ConfigError, match="sampled_negatives must be an integer >= 0"):
+    train.validate_config(tiny_config(tiny_dir, **{"eval.sampled_negatives": -1}))

@@ -77,4 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.exclude_history = True  # drop items of the query's history from the ranking
   c.eval.chunk_size = 4096  # items scored at once in full ranking
   c.eval.max_valid_examples = 0  # 0 = all; else a fixed random subset for validation
+  # 0 = full ranking; S > 0 = the expected metrics of ranking each target against S
+  # uniformly sampled candidates instead (an older protocol; exact, no sampling noise).
+  c.eval.sampled_negatives = 0
   return c
