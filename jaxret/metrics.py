@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import gammaln
 
 from jaxret import validation as V
 
@@ -307,8 +308,6 @@ def sampled_metrics_from_ranks(ranks, candidates, num_negatives: int,
 
 def _hypergeom_pmf(ranks: np.ndarray, candidates: np.ndarray, num_negatives: int) -> np.ndarray:
   """`(B, S + 1)` P(X = x), X ~ Hypergeom(C - 1 items, r ahead, min(S, C - 1) draws)."""
-  from scipy.special import gammaln   # scipy comes with jax
-
   others = np.maximum(candidates.astype(np.float64) - 1.0, 0.0)[:, None]
   ahead = np.clip(ranks.astype(np.float64)[:, None], 0.0, others)
   draws = np.minimum(float(num_negatives), others)
