@@ -123,12 +123,17 @@ def hindexer_loss(params, hindexer: HIndexer, queries: Array, pos_items: Array,
   hq = hindexer.apply({"params": params}, queries, method=HIndexer.embed_queries)
   hp = hindexer.apply({"params": params}, pos_items, method=HIndexer.embed_items)
   hn = hindexer.apply({"params": params}, neg_items, method=HIndexer.embed_items)
-  pos = hindexer.score(hq, hp, "...d,...d->...") / temperature            # (...)
-  if hn.ndim == 2:
-    neg = hindexer.score(hq, hn, "...d,rd->...r") / temperature           # (..., R)
-  else:
-    neg = hindexer.score(hq, hn, "...d,...rd->...r") / temperature
+  pos, neg = _pos_neg_scores(hindexer, hq, hp, hn, temperature)
   return sampled_softmax_loss(pos, neg, mask, neg_valid)
+
+
+def _pos_neg_scores(hindexer: HIndexer, hq: Array, hp: Array, hn: Array,
+                    temperature: float) -> tuple[Array, Array]:
+  """Stage-1 logits of the targets (...) and of shared (R, h) or per-position (..., R, h)
+  negatives (..., R), divided by `temperature`."""
+  pos = hindexer.score(hq, hp, "...d,...d->...")
+  neg = hindexer.score(hq, hn, "...d,rd->...r" if hn.ndim == 2 else "...d,...rd->...r")
+  return pos / temperature, neg / temperature
 
 
 class HIndexedRetrievalModel(RetrievalModel):
@@ -159,11 +164,7 @@ class HIndexedRetrievalModel(RetrievalModel):
     hq, hp = self.hindexer(q, pos_vec)
     hn = self.hindexer.embed_items(neg_vec)
     t = self.hindexer_temperature
-    s_pos = self.hindexer.score(hq, hp, "...d,...d->...") / t
-    if hn.ndim == 2:
-      s_neg = self.hindexer.score(hq, hn, "...d,rd->...r") / t
-    else:
-      s_neg = self.hindexer.score(hq, hn, "...d,...rd->...r") / t
+    s_pos, s_neg = _pos_neg_scores(self.hindexer, hq, hp, hn, t)
     if self.is_mutable_collection("hindexer_loss") and not self.is_initializing():
       mask = targets != 0
       self.sow("hindexer_loss", "ss",
