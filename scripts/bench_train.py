@@ -3,7 +3,7 @@
   python scripts/bench_train.py [--out=results/bench_train.json] [--heads=dot,mlp,fm,neural_fm,mol]
       [--losses=bce,ss] [--dtypes=float32] [--steps=10] [--batch_size=64]
       [--position_budget=0.6] [--score_chunk=-1] [--length_buckets=64,128,200]
-      [--append]
+      [--append] [--set=mol.gating_hidden=32 --set=mol.query_hidden=128 ...]
 
 Each (encoder, head, loss, dtype) runs in its own subprocess (so peak RSS is its own) on the
 real `ml-1m-half` shapes (set JAXRET_DATA_DIR), with the entry points' allocator settings
@@ -14,10 +14,14 @@ With --length_buckets the batches are cut to those lengths as in training
 (`--config.train.length_buckets`): every bucket's shape is compiled first (warm-up), then
 `step_ms` is the mean over the next --steps batches of the epoch (their mix of lengths), and
 `compiles_after_first` counts compilations after each shape's first step.
+
+Each --set KEY=VALUE overrides one config field (as `--config.KEY=VALUE` would in training),
+e.g. a smaller MoL; the overrides are kept in the record under `config_overrides`.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -51,6 +55,8 @@ def measure(args: argparse.Namespace) -> dict:
   c.train.position_budget = args.position_budget
   c.train.score_chunk = args.score_chunk
   c.train.length_buckets = tuple(int(b) for b in args.length_buckets.split(",") if b)
+  overrides = parse_overrides(args.set)
+  apply_overrides(c, overrides)
   buckets = train.length_buckets(c)
   if args.dtype == "bfloat16":  # bf16 compute, fp32 master weights (params stay fp32)
     for section in (c.encoder, c.head):
@@ -120,7 +126,34 @@ def measure(args: argparse.Namespace) -> dict:
       "gflops_per_step": float(cost.get("flops", float("nan"))) / 1e9,
       "achieved_gflops_per_s": float(cost.get("flops", float("nan"))) / 1e9 / step_s,
       "steps_timed": len(times),
+      "config_overrides": overrides,
   }
+
+
+def apply_overrides(c, overrides: dict) -> None:
+  """Sets each dotted config field; exits with a message naming an unknown one."""
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    section = c
+    for name in path:
+      section = section.get(name) if hasattr(section, "get") else None
+    if not hasattr(section, "get") or leaf not in section:
+      raise SystemExit(f"--set {key}: no such config field (see experiments/configs/default.py)")
+    section[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+  """['mol.gating_hidden=32', ...] -> {'mol.gating_hidden': 32, ...} (values as Python literals)."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set=mol.gating_hidden=32")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
 
 
 def main() -> None:
@@ -140,6 +173,8 @@ def main() -> None:
                  help="add the records to --out instead of replacing it")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override one config field, e.g. mol.gating_hidden=32 (repeatable)")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--head", default=None, help=argparse.SUPPRESS)
   p.add_argument("--loss", default=None, help=argparse.SUPPRESS)
@@ -149,6 +184,10 @@ def main() -> None:
     print("RESULT " + json.dumps(measure(args)), flush=True)
     return
 
+  sys.path.insert(0, str(REPO))
+  from experiments.configs import default
+  apply_overrides(default.get_config(), parse_overrides(args.set))  # fail before any child runs
+
   records = []
   for dtype in args.dtypes.split(","):
     for loss in args.losses.split(","):
@@ -157,7 +196,8 @@ def main() -> None:
                f"--dtype={dtype}", f"--dataset={args.dataset}", f"--encoder={args.encoder}",
                f"--batch_size={args.batch_size}", f"--position_budget={args.position_budget}",
                f"--score_chunk={args.score_chunk}", f"--length_buckets={args.length_buckets}",
-               f"--steps={args.steps}", f"--warmup={args.warmup}"]
+               f"--steps={args.steps}", f"--warmup={args.warmup}",
+               *(f"--set={item}" for item in args.set)]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                            env={**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")})
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]

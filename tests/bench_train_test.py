@@ -43,3 +43,24 @@ def test_tune_allocator_applies_on_linux_and_can_be_turned_off(monkeypatch):
   assert cli.tune_allocator() is False
   monkeypatch.delenv("JAXRET_TUNE_MALLOC")
   assert cli.tune_allocator() is (sys.platform.startswith("linux"))
+
+
+def test_bench_train_set_overrides_a_config_field_and_rejects_unknown_ones(tmp_path):
+  data = _write_ml(tmp_path / "data")
+  env = {**os.environ, "JAXRET_DATA_DIR": str(data), "JAXRET_CACHE_DIR": str(tmp_path / "c"),
+         "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  common = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--dataset=ml-1m",
+            "--heads=mol", "--losses=ss", "--steps=1", "--warmup=0", "--batch_size=8"]
+  flops = []
+  for extra in ([], ["--set=mol.gating_hidden=8", "--set=mol.num_query_components=2"]):
+    out = tmp_path / f"bench{len(extra)}.json"
+    r = subprocess.run(common + extra + [f"--out={out}"], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (record,) = json.loads(out.read_text())
+    flops.append(record["gflops_per_step"])
+  assert record["config_overrides"] == {"mol.gating_hidden": 8, "mol.num_query_components": 2}
+  assert flops[1] < 0.5 * flops[0]
+  r = subprocess.run(common + ["--set=mol.gating_width=8", f"--out={tmp_path / 'x.json'}"],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  assert r.returncode != 0 and "mol.gating_width: no such config field" in r.stderr
