@@ -65,7 +65,7 @@ def measure(args: argparse.Namespace) -> dict:
   model = train.build_model(c, seqs.num_items)
   mesh = sharding.make_mesh(1)
   svd = train.svd_factors_for(c, seqs, split) if c.encoder == "svd" else None
-  state = sharding.replicate(train.init_state(c, model, seqs.num_items, jax.random.key(0), svd),
+  state = sharding.replicate(train.init_state(c, model, seqs.num_items, train.prng_key(c), svd),
                              mesh)
   step = jax.jit(train.make_train_step(model, c, seqs.num_items), donate_argnums=0)
   batches = data_lib.TrainBatches(seqs, split, c.max_len, c.train.batch_size, buckets)
@@ -77,7 +77,7 @@ def measure(args: argparse.Namespace) -> dict:
       epoch += 1
 
   it = stream()
-  rng = jax.random.key(1)
+  rng = jax.random.fold_in(train.prng_key(c), 1)
   t0 = time.perf_counter()
   state, m = step(state, sharding.shard_batch(next(it), mesh), rng)
   jax.block_until_ready(m)

@@ -290,6 +290,21 @@ def test_same_seed_same_metrics_different_seed_different(tiny_dir, tmp_path):
   assert any(results[0][k] != results[2][k] for k in keys)
 
 
+def test_rbg_prng_is_seeded_and_an_unknown_impl_fails_fast(tiny_dir, tmp_path):
+  results = []
+  for i, impl in enumerate(("rbg", "rbg", "threefry2x32")):
+    config = tiny_config(tiny_dir, head="mol", prng_impl=impl, **{"train.epochs": 2})
+    config.sasrec.dropout = 0.2
+    results.append(train.train_and_evaluate(config, tmp_path / str(i), log=lambda s: None))
+  keys = [k for k in results[0] if k != "train_time"]
+  assert all(np.isfinite(results[0][k]) for k in keys)
+  assert all(results[0][k] == results[1][k] for k in keys)
+  assert any(results[0][k] != results[2][k] for k in keys)
+  with pytest.raises(ConfigError, match="unknown --config.prng_impl 'philox'; valid names: "
+                                        "threefry2x32, rbg, unsafe_rbg"):
+    train.validate_config(tiny_config(tiny_dir, prng_impl="philox"))
+
+
 def test_cosine_learning_rate_schedule():
   config = default.get_config()
   config.train.learning_rate, config.train.warmup_steps = 1e-3, 10

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ratio_targets = "all"
   c.max_len = 200  # query history length L (most recent items)
   c.seed = 0
+  # PRNG behind dropout, negatives and position sampling: 'threefry2x32' (JAX's default; the
+  # committed runs used it) or 'rbg' (faster on CPU; bits may differ across backends/shardings)
+  c.prng_impl = "threefry2x32"
 
   # Model: a query encoder and a similarity head, each configured in its own section.
   c.encoder = "sasrec"
