@@ -28,21 +28,22 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @functools.cache
-def _setup(tiny_dir, head: str):
-  config = tiny_config(tiny_dir, head=head, loss="ss", **{
+def _setup(tiny_dir, head: str, prng_impl: str = "threefry2x32"):
+  config = tiny_config(tiny_dir, head=head, loss="ss", prng_impl=prng_impl, **{
       "sasrec.dropout": 0.2, "mol.softmax_dropout": 0.2, "mol.item_dropout": 0.1})
   seqs, split = train.load_data(config)
   model = train.build_model(config, seqs.num_items)
-  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+  state = train.init_state(config, model, seqs.num_items, train.prng_key(config))
   batch = next(data_lib.TrainBatches(seqs, split, config.max_len, 16).epoch(0, 0))
   eval_batch = next(iter(data_lib.EvalBatches(seqs, split.valid, config.max_len, 16)))
   return config, model, seqs.num_items, state, batch, eval_batch
 
 
-@pytest.mark.parametrize("head", ["dot", "mol"])
-def test_step_and_eval_match_single_device(tiny_dir, head):
+@pytest.mark.parametrize("head,prng_impl", [("dot", "threefry2x32"), ("mol", "threefry2x32"),
+                                            ("mol", "rbg")])
+def test_step_and_eval_match_single_device(tiny_dir, head, prng_impl):
   assert jax.device_count() == 8
-  config, model, num_items, state, batch, eval_batch = _setup(tiny_dir, head)
+  config, model, num_items, state, batch, eval_batch = _setup(tiny_dir, head, prng_impl)
   step = jax.jit(train.make_train_step(model, config, num_items), compiler_options=FAST_COMPILE)
   eval_step = jax.jit(train.make_eval_step(model, config, num_items),
                       compiler_options=FAST_COMPILE)
@@ -52,7 +53,8 @@ def test_step_and_eval_match_single_device(tiny_dir, head):
     placed = sharding.shard_batch(batch, mesh)
     assert placed["inputs"].sharding.spec == P("data")
     assert {s.data.shape[0] for s in placed["inputs"].addressable_shards} == {16 // n}
-    new_state, metrics = step(sharding.replicate(state, mesh), placed, jax.random.key(1))
+    new_state, metrics = step(sharding.replicate(state, mesh), placed,
+                              jax.random.fold_in(train.prng_key(config), 1))
     sums = eval_step(new_state.params, sharding.shard_batch(eval_batch, mesh))
     out[n] = jax.device_get((new_state.params, metrics, sums))
 
