@@ -126,6 +126,46 @@ def init_state(config: ml_collections.ConfigDict, model: RetrievalModel, num_ite
                            tx=make_optimizer(config, steps_per_epoch))
 
 
+def warm_start_encoder(config: ml_collections.ConfigDict, params: Any, num_items: int) -> tuple[
+    Any, str]:
+  """`params` with the encoder (item embeddings included) of `config.init_from`'s best checkpoint.
+
+  Returns (params, a one-line description of what was loaded). ConfigError when the folder
+  holds no finished run's config.json or best checkpoint, or when its encoder's shapes differ.
+  """
+  src = Path(config.init_from)
+  if not (src / "config.json").is_file():
+    raise ConfigError(f"--config.init_from={src}: no config.json there; pass the workdir of a "
+                      f"training run (python -m experiments.run --workdir=...)")
+  src_config = ml_collections.ConfigDict(json.loads((src / "config.json").read_text()))
+  src_model = build_model(src_config, num_items)
+  dummy = jnp.ones((1, src_config.max_len), jnp.int32)
+  template = jax.eval_shape(lambda: src_model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(0)}, dummy, dummy,
+      jnp.ones((2,), jnp.int32))["params"])
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  ckpt = Checkpointer(src)
+  try:
+    restored = ckpt.restore("best", {"params": template})
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise ConfigError(f"--config.init_from={src}: no checkpoints/best there; train that run "
+                      f"first")
+  (tree, meta) = restored
+  encoder = tree["params"]["encoder"]
+  want = jax.tree.map(lambda x: tuple(x.shape), params["encoder"])
+  got = jax.tree.map(lambda x: tuple(x.shape), encoder)
+  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+    raise ConfigError(f"--config.init_from={src}: its {src_config.encoder} encoder does not "
+                      f"match this run's (layers or shapes differ, e.g. another dataset, "
+                      f"max_len or encoder size); warm-start from a run of the same encoder")
+  encoder = jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), encoder, params["encoder"])
+  return ({**params, "encoder": encoder},
+          f"encoder initialised from {src}/checkpoints/best (epoch {meta.get('best_epoch')}, "
+          f"{src_config.head} head, valid {src_config.eval.metric} {meta.get('best', 0):.4f})")
+
+
 def svd_factors_for(config, seqs: data_lib.Sequences, split: data_lib.Split) -> np.ndarray:
   """Item factors of a truncated SVD of the training interactions (train prefixes only)."""
   users = np.repeat(np.arange(seqs.num_users), split.train_len)
@@ -474,6 +514,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("prng_impl", DEFAULT_PRNG_IMPL) not in PRNG_IMPLS:
     raise ConfigError(f"unknown --config.prng_impl {config.prng_impl!r}; valid names: "
                       f"{', '.join(PRNG_IMPLS)}")
+  init_from = config.get("init_from", "")
+  if init_from and not (Path(init_from) / "config.json").is_file():
+    raise ConfigError(f"--config.init_from={init_from}: no config.json there; pass the workdir "
+                      f"of a training run (python -m experiments.run --workdir=...)")
   sampled = config.eval.get("sampled_negatives", 0)
   if isinstance(sampled, bool) or not isinstance(sampled, int) or sampled < 0:
     raise ConfigError(f"--config.eval.sampled_negatives must be an integer >= 0 (0: rank "
@@ -569,6 +613,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   init_rng, step_rng = jax.random.split(rng)
   svd = svd_factors_for(config, seqs, split) if config.encoder == "svd" else None
   state = init_state(config, model, num_items, init_rng, svd, train_batches.steps_per_epoch)
+  if config.get("init_from"):
+    params, loaded = warm_start_encoder(config, state.params, num_items)
+    state = state.replace(params=params)
+    log(loaded)
   state = sharding.replicate(state, mesh)
 
   ckpt = Checkpointer(workdir)

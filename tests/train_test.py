@@ -13,6 +13,7 @@ import pytest
 from experiments.configs import default
 from jaxret import data as data_lib
 from jaxret import sharding, train
+from jaxret.checkpoint import Checkpointer
 from jaxret.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,6 +304,41 @@ def test_rbg_prng_is_seeded_and_an_unknown_impl_fails_fast(tiny_dir, tmp_path):
   with pytest.raises(ConfigError, match="unknown --config.prng_impl 'philox'; valid names: "
                                         "threefry2x32, rbg, unsafe_rbg"):
     train.validate_config(tiny_config(tiny_dir, prng_impl="philox"))
+
+
+def test_warm_start_loads_the_encoder_of_another_run(tiny_dir, tmp_path):
+  dot = tiny_config(tiny_dir, head="dot", **{"train.epochs": 2})
+  train.train_and_evaluate(dot, tmp_path / "dot", log=lambda s: None)
+  mol = tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"))
+  train.validate_config(mol)
+  seqs, _ = train.load_data(mol)
+  fresh = train.init_state(mol, train.build_model(mol, seqs.num_items), seqs.num_items,
+                           jax.random.key(3)).params
+  params, loaded = train.warm_start_encoder(mol, fresh, seqs.num_items)
+  assert "encoder initialised from" in loaded and "dot head" in loaded
+  dot_model = train.build_model(dot, seqs.num_items)
+  template = train.init_state(dot, dot_model, seqs.num_items, jax.random.key(0)).params
+  ckpt = Checkpointer(tmp_path / "dot")
+  (best, _), _ = ckpt.restore("best", {"params": template}), ckpt.close()
+  for a, b in zip(jax.tree.leaves(params["encoder"]), jax.tree.leaves(best["params"]["encoder"])):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(params["encoder"]["item_embedding"]["embedding"],
+                            fresh["encoder"]["item_embedding"]["embedding"])
+  for a, b in zip(jax.tree.leaves(params["head"]), jax.tree.leaves(fresh["head"])):
+    np.testing.assert_array_equal(a, b)                 # the head starts fresh
+  logs = []
+  train.train_and_evaluate(tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"),
+                                       **{"train.epochs": 1}), tmp_path / "mol", log=logs.append)
+  assert any("encoder initialised from" in line for line in logs)
+
+  wider = tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"))
+  wider.sasrec.dim = 24
+  with pytest.raises(ConfigError, match="encoder does not match this run's"):
+    train.warm_start_encoder(wider, train.init_state(
+        wider, train.build_model(wider, seqs.num_items), seqs.num_items,
+        jax.random.key(0)).params, seqs.num_items)
+  with pytest.raises(ConfigError, match="init_from=.*nowhere: no config.json there"):
+    train.validate_config(tiny_config(tiny_dir, init_from=str(tmp_path / "nowhere")))
 
 
 def test_cosine_learning_rate_schedule():

@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   # h-indexer: dim > 0 trains stage-1 retrieval embeddings of this size jointly, with an
   # auxiliary sampled-softmax loss on stop-gradient inputs (jaxret.retrieval, MoLIndex).
   c.hindexer_dim = 0
+  # Warm start: the workdir of a finished run (e.g. a fast dot run) whose best checkpoint's
+  # query encoder (with the item embeddings) initialises this run's; the head starts fresh.
+  c.init_from = ""
 
   # Loss and negatives.
   c.loss = "ss"  # 'bce', 'ss' (sampled softmax) or 'softmax' (full, small catalogs)
