@@ -144,11 +144,13 @@ def warm_start_encoder(config: ml_collections.ConfigDict, params: Any, num_items
       {"params": jax.random.key(0), "dropout": jax.random.key(0)}, dummy, dummy,
       jnp.ones((2,), jnp.int32))["params"])
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-  ckpt = Checkpointer(src)
-  try:
-    restored = ckpt.restore("best", {"params": template})
-  finally:
-    ckpt.close()
+  restored = None
+  if any((src / "checkpoints" / "best").glob("*")):  # Checkpointer would create the folders
+    ckpt = Checkpointer(src)
+    try:
+      restored = ckpt.restore("best", {"params": template})
+    finally:
+      ckpt.close()
   if restored is None:
     raise ConfigError(f"--config.init_from={src}: no checkpoints/best there; train that run "
                       f"first")

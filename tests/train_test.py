@@ -337,6 +337,13 @@ def test_warm_start_loads_the_encoder_of_another_run(tiny_dir, tmp_path):
     train.warm_start_encoder(wider, train.init_state(
         wider, train.build_model(wider, seqs.num_items), seqs.num_items,
         jax.random.key(0)).params, seqs.num_items)
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  (untrained / "config.json").write_text((tmp_path / "dot" / "config.json").read_text())
+  with pytest.raises(ConfigError, match="untrained: no checkpoints/best there"):
+    train.warm_start_encoder(tiny_config(tiny_dir, head="mol", init_from=str(untrained)),
+                             fresh, seqs.num_items)
+  assert not (untrained / "checkpoints").exists()   # the source folder is left as it was
   with pytest.raises(ConfigError, match="init_from=.*nowhere: no config.json there"):
     train.validate_config(tiny_config(tiny_dir, init_from=str(tmp_path / "nowhere")))
 

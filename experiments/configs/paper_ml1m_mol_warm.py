@@ -19,7 +19,7 @@ EPOCHS = 12
 
 def get_config() -> ml_collections.ConfigDict:
   c = common.paper_ml1m("mol")
-  c.init_from = "results/runs/fast/paper_ml1m_dot_fast_s0"  # committed dot-fast seed 0
+  c.init_from = ""  # required: the fast dot run's workdir
   c.train.lr_decay_epochs = EPOCHS
   c.train.epochs = EPOCHS
   return c
