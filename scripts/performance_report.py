@@ -119,7 +119,8 @@ def main() -> None:
       + [f"results/runs/fast/paper_ml1m_dot_fast_s{i}" for i in range(3)]
       + [f"results/runs/paper_ml1m/sasrec_mol_ss/s{i}" for i in range(3)
          if Path(f"results/runs/paper_ml1m/sasrec_mol_ss/s{i}").is_dir()]   # finished seeds
-      + ["results/runs/dev/paper_ml1m_sasrec_mol_ss_fulllen_patience10_s0"]))
+      + ["results/runs/dev/paper_ml1m_sasrec_mol_ss_fulllen_patience10_s0",
+         "results/runs/fast/warm_dot_s0", "results/runs/fast/warm_mol_s0"]))
   p.add_argument("--notes", default="results/performance_notes.json",
                  help="JSON list of measured findings (one line each) to list under the tables")
   p.add_argument("--out", default="results/performance.json")

@@ -7,6 +7,10 @@ steps in `scripts/bench_train.py`) and, as the fast dot recipe does, uses a peak
 of 2e-3 with a cosine decay to zero over a fixed number of epochs; the run ends with the
 schedule.
 
+Measured (session 15, results/diagnostics/mol_time_to_quality.json): ~37 s per epoch, but it
+learns slower than the paper-size MoL: validation NDCG@10 0.028 at epoch 16 (paper size from
+scratch: 0.049), so it was stopped; NOT a recipe that meets 30 minutes.
+
   python -m experiments.run --config=experiments/configs/paper_ml1m_mol_fast.py --workdir=DIR
 """
 import ml_collections

@@ -6,6 +6,11 @@ starts from that run's best checkpoint (`init_from`), adds a fresh MoL head of t
 row's size, and trains everything for a short cosine schedule. From scratch, MoL with 128
 negatives needs ~40 epochs of ~95 s to reach validation NDCG@10 0.10.
 
+Measured (session 15, seed 0, idle machine; results/runs/fast/warm_dot_s0 and warm_mol_s0):
+7.6 + 23.3 = 31 min, but the best validation NDCG@10 is 0.1311 (epoch 9), below the dot
+stage's own 0.1446: the fresh head first pulls the encoder down to 0.084 and 12 epochs do not
+win it back (test HR@10 0.2284 vs the dot stage's 0.2508). NOT a recipe that meets the target.
+
   python -m experiments.run --config=experiments/configs/paper_ml1m_dot_fast.py --workdir=DOT
   python -m experiments.run --config=experiments/configs/paper_ml1m_mol_warm.py \
       --config.init_from=DOT --workdir=DIR
