@@ -516,10 +516,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("prng_impl", DEFAULT_PRNG_IMPL) not in PRNG_IMPLS:
     raise ConfigError(f"unknown --config.prng_impl {config.prng_impl!r}; valid names: "
                       f"{', '.join(PRNG_IMPLS)}")
-  init_from = config.get("init_from", "")
-  if init_from and not (Path(init_from) / "config.json").is_file():
-    raise ConfigError(f"--config.init_from={init_from}: no config.json there; pass the workdir "
-                      f"of a training run (python -m experiments.run --workdir=...)")
   sampled = config.eval.get("sampled_negatives", 0)
   if isinstance(sampled, bool) or not isinstance(sampled, int) or sampled < 0:
     raise ConfigError(f"--config.eval.sampled_negatives must be an integer >= 0 (0: rank "
@@ -615,10 +611,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   init_rng, step_rng = jax.random.split(rng)
   svd = svd_factors_for(config, seqs, split) if config.encoder == "svd" else None
   state = init_state(config, model, num_items, init_rng, svd, train_batches.steps_per_epoch)
-  if config.get("init_from"):
-    params, loaded = warm_start_encoder(config, state.params, num_items)
-    state = state.replace(params=params)
-    log(loaded)
   state = sharding.replicate(state, mesh)
 
   ckpt = Checkpointer(workdir)
@@ -634,6 +626,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     state = sharding.replicate(state, mesh)
     log(f"resumed from {workdir}/checkpoints/latest at epoch {meta['epoch']} "
         f"(step {int(state.step)})")
+  elif config.get("init_from"):  # a fresh run only: a resumed one has its own weights
+    params, loaded = warm_start_encoder(config, state.params, num_items)
+    state = sharding.replicate(state.replace(params=params), mesh)
+    log(loaded)
 
   train_step = jax.jit(make_train_step(model, config, num_items), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, config, num_items))

@@ -1,6 +1,7 @@
 """Training: every (encoder, head, loss) learns; the loop checkpoints, resumes and re-evaluates."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -310,7 +311,6 @@ def test_warm_start_loads_the_encoder_of_another_run(tiny_dir, tmp_path):
   dot = tiny_config(tiny_dir, head="dot", **{"train.epochs": 2})
   train.train_and_evaluate(dot, tmp_path / "dot", log=lambda s: None)
   mol = tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"))
-  train.validate_config(mol)
   seqs, _ = train.load_data(mol)
   fresh = train.init_state(mol, train.build_model(mol, seqs.num_items), seqs.num_items,
                            jax.random.key(3)).params
@@ -330,6 +330,14 @@ def test_warm_start_loads_the_encoder_of_another_run(tiny_dir, tmp_path):
   train.train_and_evaluate(tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"),
                                        **{"train.epochs": 1}), tmp_path / "mol", log=logs.append)
   assert any("encoder initialised from" in line for line in logs)
+  shutil.copytree(tmp_path / "dot", tmp_path / "dot_copy")
+  shutil.rmtree(tmp_path / "dot")   # a resumed run needs only its own checkpoint
+  logs = []
+  train.train_and_evaluate(tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"),
+                                       **{"train.epochs": 2}), tmp_path / "mol", log=logs.append)
+  assert any("resumed from" in line for line in logs)
+  assert not any("encoder initialised from" in line for line in logs)
+  shutil.move(tmp_path / "dot_copy", tmp_path / "dot")
 
   wider = tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"))
   wider.sasrec.dim = 24
@@ -345,7 +353,8 @@ def test_warm_start_loads_the_encoder_of_another_run(tiny_dir, tmp_path):
                              fresh, seqs.num_items)
   assert not (untrained / "checkpoints").exists()   # the source folder is left as it was
   with pytest.raises(ConfigError, match="init_from=.*nowhere: no config.json there"):
-    train.validate_config(tiny_config(tiny_dir, init_from=str(tmp_path / "nowhere")))
+    train.warm_start_encoder(tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "nowhere")),
+                             fresh, seqs.num_items)
 
 
 def test_cosine_learning_rate_schedule():
