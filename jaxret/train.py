@@ -139,11 +139,9 @@ def warm_start_encoder(config: ml_collections.ConfigDict, params: Any, num_items
                       f"training run (python -m experiments.run --workdir=...)")
   src_config = ml_collections.ConfigDict(json.loads((src / "config.json").read_text()))
   src_model = build_model(src_config, num_items)
-  dummy = jnp.ones((1, src_config.max_len), jnp.int32)
-  template = jax.eval_shape(lambda: src_model.init(
-      {"params": jax.random.key(0), "dropout": jax.random.key(0)}, dummy, dummy,
-      jnp.ones((2,), jnp.int32))["params"])
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  shapes = jax.eval_shape(
+      lambda: init_state(src_config, src_model, num_items, jax.random.key(0)).params)
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   restored = None
   if any((src / "checkpoints" / "best").glob("*")):  # Checkpointer would create the folders
     ckpt = Checkpointer(src)
@@ -156,9 +154,9 @@ def warm_start_encoder(config: ml_collections.ConfigDict, params: Any, num_items
                       f"first")
   (tree, meta) = restored
   encoder = tree["params"]["encoder"]
-  want = jax.tree.map(lambda x: tuple(x.shape), params["encoder"])
-  got = jax.tree.map(lambda x: tuple(x.shape), encoder)
-  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+  def shapes_of(tree):
+    return jax.tree.map(lambda x: tuple(x.shape), tree)
+  if shapes_of(params["encoder"]) != shapes_of(encoder):
     raise ConfigError(f"--config.init_from={src}: its {src_config.encoder} encoder does not "
                       f"match this run's (layers or shapes differ, e.g. another dataset, "
                       f"max_len or encoder size); warm-start from a run of the same encoder")
