@@ -92,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--readme", default="",
                  help="also rewrite this README's retrieval block from the results")
+  p.add_argument("--readme_tag", default="retrieval",
+                 help="the README block's markers, <!-- TAG:begin --> ... <!-- TAG:end --> "
+                      "(e.g. retrieval-gpu for a GPU run's results)")
   p.add_argument("--report_only", action="store_true",
                  help="only re-render --readme from the CSVs / machine.json in --out_dir")
   return p.parse_args(argv)
@@ -226,6 +229,8 @@ def machine_info() -> dict:
           "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "topk_backend": topk_lib.best_backend(), "python": platform.python_version(),
           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+  if jax.default_backend() != "cpu":
+    info["accelerator"] = jax.devices()[0].device_kind
   try:
     import faiss
     info["faiss_version"] = faiss.__version__
@@ -240,10 +245,11 @@ def main(argv=None) -> None:
   if args.report_only:
     recall_rows, tput_rows, info = read_results(out)
     plot(recall_rows, tput_rows, out)
-    block = render(recall_rows, tput_rows, info)
+    block = render(recall_rows, tput_rows, info, tag=args.readme_tag,
+                   results_dir=args.out_dir.rstrip("/"))
     print(block)
     if args.readme:
-      write_readme_block(Path(args.readme), block)
+      write_readme_block(Path(args.readme), block, tag=args.readme_tag)
     return
   out.mkdir(parents=True, exist_ok=True)
   pools, ks, k_primes = _ints(args.pool_sizes), _ints(args.ks), _ints(args.k_primes)
@@ -294,6 +300,17 @@ def main(argv=None) -> None:
   if src.real_items is not None:
     pool_list.insert(0, ("real", len(src.real_items), src.real_items))
   recall_rows, tput_rows, backend_qps = [], [], {}
+  info.update(stage1_backend_qps=backend_qps, checkpoint=args.checkpoint or None,
+              mol_head={k: getattr(head, k) for k in (
+                  "num_query_components", "num_item_components", "component_dim",
+                  "gating_hidden", "query_hidden")},
+              throughput_generator=args.throughput_generator,
+              hindexer_fit=None if h_params is None else dict(
+                  queries=int(len(train_q)), prefix_queries=args.hindexer_prefix_queries,
+                  pool=args.hindexer_pool, dim=args.hindexer_dim,
+                  hidden=args.hindexer_hidden, probes=args.hindexer_probes,
+                  steps=args.hindexer_steps,
+                  teacher_k_prime=args.hindexer_teacher_k_prime or "exact"))
   qb = jnp.asarray(queries)
   for pool, n, real_items in pool_list:
     t0 = time.time()
@@ -358,6 +375,8 @@ def main(argv=None) -> None:
                             batch=args.batch, k=k, k_prime="", qps=round(args.batch / sec, 2)))
       if quant == "fp32":
         for be in topk_lib.BACKENDS:
+          if be == "select" and info["jax_backend"] != "cpu":
+            continue       # a host introselect: off CPU it copies the B x N scores to the host
           fb = jax.jit(lambda q, t, be=be: topk_lib.dot_topk(q, t, k, be,
                                                              max(128, (1 << 22) // args.batch)))
           backend_qps.setdefault(f"{pool}/{n}", {})[be] = round(
@@ -379,34 +398,34 @@ def main(argv=None) -> None:
       for quant in quants:
         print(f"stage1_only/{quant} / faiss_flat_ip: "
               f"{qps[f'stage1_only/{quant}'] / qps['faiss_flat_ip']:.2f}x")
+    write_results(out, recall_rows, tput_rows, info)   # each finished pool survives a kill
 
+  write_results(out, recall_rows, tput_rows, info)
+  plot(recall_rows, tput_rows, out)
+  print(f"\nwrote {out}/retrieval_recall.csv, retrieval_throughput.csv, machine.json, PNGs")
+  block = render(*read_results(out), tag=args.readme_tag,
+                 results_dir=args.out_dir.rstrip("/"))
+  print(block)
+  if args.readme:
+    write_readme_block(Path(args.readme), block, tag=args.readme_tag)
+
+
+def write_results(out: Path, recall_rows: list[dict], tput_rows: list[dict], info: dict) -> None:
   _write_csv(out / "retrieval_recall.csv", recall_rows,
              ["pool", "generator", "quantization", "pool_size", "k", "k_prime", "relative_recall"])
   _write_csv(out / "retrieval_throughput.csv", tput_rows,
              ["pool", "method", "quantization", "pool_size", "batch", "k", "k_prime", "qps"])
-  info.update(stage1_backend_qps=backend_qps, checkpoint=args.checkpoint or None,
-              mol_head={k: getattr(head, k) for k in (
-                  "num_query_components", "num_item_components", "component_dim",
-                  "gating_hidden", "query_hidden")},
-              throughput_generator=args.throughput_generator,
-              hindexer_fit=None if h_params is None else dict(
-                  queries=int(len(train_q)), prefix_queries=args.hindexer_prefix_queries,
-                  pool=args.hindexer_pool, dim=args.hindexer_dim,
-                  hidden=args.hindexer_hidden, probes=args.hindexer_probes,
-                  steps=args.hindexer_steps,
-                  teacher_k_prime=args.hindexer_teacher_k_prime or "exact"))
   (out / "machine.json").write_text(json.dumps(info, indent=2))
-  plot(recall_rows, tput_rows, out)
-  print(f"\nwrote {out}/retrieval_recall.csv, retrieval_throughput.csv, machine.json, PNGs")
-  block = render(*read_results(out))
-  print(block)
-  if args.readme:
-    write_readme_block(Path(args.readme), block)
+
 
 
 # ----------------------------------------------------------------------------- report
 
-BEGIN, END = "<!-- retrieval:begin -->", "<!-- retrieval:end -->"
+def markers(tag: str = "retrieval") -> tuple[str, str]:
+  return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+
+
+BEGIN, END = markers()
 RECALL_TARGET, SPEEDUP_TARGET, FAISS_TARGET = 0.99, 50.0, 3.0
 
 
@@ -439,13 +458,18 @@ def _qps(rows: list[dict], method: str, n: int, quant: str = "fp32", k_prime=Non
   return None
 
 
-def render(recall_rows: list[dict], tput_rows: list[dict], info: dict, k: int = 100) -> str:
-  """The README's retrieval block (between the markers) from the benchmark's results."""
+def render(recall_rows: list[dict], tput_rows: list[dict], info: dict, k: int = 100,
+           tag: str = "retrieval", results_dir: str = "results") -> str:
+  """The README's retrieval block (between the `tag` markers) from the benchmark's results."""
+  begin, end = markers(tag)
   gen = info.get("throughput_generator", "avg")
   src = info.get("checkpoint") or "a randomly initialised MoL head"
-  lines = [BEGIN, "",
+  host = f"{info.get('cpu_model', '?')}, {info.get('cores', '?')} cores"
+  if info.get("accelerator"):
+    host = f"{info['accelerator']} (host: {host})"
+  lines = [begin, "",
            f"Measured by `scripts/bench_retrieval.py` ({info.get('date', '?')}) on "
-           f"{info.get('cpu_model', '?')}, {info.get('cores', '?')} cores, jax "
+           f"{host}, jax "
            f"{info.get('jax_version', '?')} on {info.get('jax_backend', '?')}; MoL head "
            f"from {src}; batch {tput_rows[0]['batch'] if tput_rows else '?'} queries; "
            f"stage-1 top-k backend `{info.get('topk_backend', '?')}`. Relative recall@{k}: "
@@ -486,7 +510,7 @@ def render(recall_rows: list[dict], tput_rows: list[dict], info: dict, k: int = 
                  key=lambda p: (p[0] != "real", p[1]))
   if pools:
     lines += [f"Relative recall@{k} by k' (Figure 3a; all pools and k in "
-              f"`results/retrieval_recall.csv`):", "",
+              f"`{results_dir}/retrieval_recall.csv`):", "",
               "| pool | N | generator | stage 1 | " + " | ".join(f"k'={kp:,}" for kp in k_primes)
               + " |", "|---|---|---|---|" + "---|" * len(k_primes)]
     for pool, n in pools:
@@ -505,7 +529,7 @@ def render(recall_rows: list[dict], tput_rows: list[dict], info: dict, k: int = 
     two_kps = sorted({r["k_prime"] for r in tput_rows
                       if r["method"] == "two_stage" and r["pool"] == "synthetic"})
     lines += [f"Throughput, queries/s (Figure 3b; synthetic pools, fp32, two-stage with "
-              f"`{gen}`; bf16 / int8 in `results/retrieval_throughput.csv`):", "",
+              f"`{gen}`; bf16 / int8 in `{results_dir}/retrieval_throughput.csv`):", "",
               "| N | exact MoL | " + " | ".join(f"two-stage k'={kp:,}" for kp in two_kps)
               + " | stage 1 only | faiss IndexFlatIP | stage 1 / faiss |",
               "|---|---|" + "---|" * len(two_kps) + "---|---|---|"]
@@ -518,16 +542,17 @@ def render(recall_rows: list[dict], tput_rows: list[dict], info: dict, k: int = 
           cell(_qps(tput_rows, "two_stage", n, k_prime=kp)) for kp in two_kps)
           + f" | {cell(s1)} | {cell(faiss)} | {ratio} |")
     lines.append("")
-  lines.append(END)
+  lines.append(end)
   return "\n".join(lines)
 
 
-def write_readme_block(readme: Path, block: str) -> None:
+def write_readme_block(readme: Path, block: str, tag: str = "retrieval") -> None:
+  begin, end = markers(tag)
   text = readme.read_text()
-  start, end = text.find(BEGIN), text.find(END)
-  if start < 0 or end < start:
-    raise SystemExit(f"error: {readme} lacks the {BEGIN} ... {END} markers")
-  readme.write_text(text[:start] + block + text[end + len(END):])
+  start, stop = text.find(begin), text.find(end)
+  if start < 0 or stop < start:
+    raise SystemExit(f"error: {readme} lacks the {begin} ... {end} markers")
+  readme.write_text(text[:start] + block + text[stop + len(end):])
   print(f"wrote the retrieval block of {readme}")
 
 

@@ -43,9 +43,16 @@ def main(argv=None) -> None:
   p.add_argument("--pool", type=int, default=1_000_000)
   p.add_argument("--ks", default="100,1000,5000,10000")
   p.add_argument("--groups", default="8,16,32")
+  p.add_argument("--methods", default="grouped,select",
+                 help="which of grouped, select to time against lax.top_k (select is a host "
+                      "introselect: off CPU it copies the scores to the host)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--out", default="results/bench_topk.json")
   args = p.parse_args(argv)
+  methods = [m for m in args.methods.split(",") if m]
+  if set(methods) - {"grouped", "select"}:
+    p.error(f"--methods: unknown {sorted(set(methods) - {'grouped', 'select'})}; "
+            f"choose from grouped, select")
   scores = jax.random.normal(jax.random.key(0), (args.batch, args.pool))
   records = []
   for k in (int(v) for v in args.ks.split(",")):
@@ -57,6 +64,8 @@ def main(argv=None) -> None:
     groups = [int(v) for v in args.groups.split(",")]
     for name, fn_of, gs in (("grouped_topk", topk_lib.grouped_topk, groups),
                             ("select_topk", topk_lib.select_topk, [1] + groups)):
+      if name.split("_")[0] not in methods:
+        continue
       for g in gs:
         fn = jax.jit(lambda s, k=k, g=g, f=fn_of: f(s, k, g))
         out = fn(scores)
@@ -68,6 +77,8 @@ def main(argv=None) -> None:
         print(f"k={k:6d} {name} g={g:<3d} {sec:7.3f} s  {base / sec:5.2f}x", flush=True)
   machine = f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__} " \
             f"{jax.default_backend()}"
+  if jax.default_backend() != "cpu":
+    machine += f" ({jax.devices()[0].device_kind})"
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(dict(batch=args.batch, pool=args.pool, machine=machine,

@@ -111,10 +111,11 @@ def measure(args: argparse.Namespace) -> dict:
     if width not in flops_of:
       cost = flops_step.lower(state, sharding.shard_batch(b, mesh), rng).cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-      flops_of[width] = float(cost.get("flops", float("nan")))
+      flops_of[width] = float((cost or {}).get("flops", float("nan")))  # None on some GPUs
   cost = {"flops": statistics.mean(flops_of[b["inputs"].shape[1]] for b in timed)}
   return {
       "encoder": c.encoder, "head": c.head, "loss": c.loss, "dtype": args.dtype,
+      "platform": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
       "batch": c.train.batch_size, "position_budget": c.train.position_budget,
       "length_buckets": list(buckets),
       "score_chunk": c.train.score_chunk,

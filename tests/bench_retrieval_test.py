@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,14 +50,18 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   assert (tmp_path / "fig3b_throughput.png").stat().st_size > 0
 
 
-def test_readme_retrieval_block_is_generated_from_results():
+@pytest.mark.parametrize("results_dir,tag", [("results", "retrieval"),
+                                              ("results/gpu", "retrieval-gpu")])
+def test_readme_retrieval_blocks_are_generated_from_results(results_dir, tag):
   bench = _load_script()
-  block = bench.render(*bench.read_results(REPO / "results"))
+  block = bench.render(*bench.read_results(REPO / results_dir), tag=tag,
+                       results_dir=results_dir)
   readme = (REPO / "README.md").read_text()
-  start, end = readme.index(bench.BEGIN), readme.index(bench.END) + len(bench.END)
-  assert readme[start:end] == block, (
-      "README's retrieval block is stale: python scripts/bench_retrieval.py --report_only "
-      "--out_dir=results --readme=README.md")
+  begin, end = bench.markers(tag)
+  start, stop = readme.index(begin), readme.index(end) + len(end)
+  assert readme[start:stop] == block, (
+      f"README's {tag} block is stale: python scripts/bench_retrieval.py --report_only "
+      f"--out_dir={results_dir} --readme=README.md --readme_tag={tag}")
 
 
 def test_prefix_queries_come_only_from_the_fit_users():
@@ -72,3 +77,22 @@ def test_prefix_queries_come_only_from_the_fit_users():
   assert len({tuple(r) for r in got}) == 6                # drawn without replacement
   everything = bench.prefix_queries(src, np.array([1, 3]), 100, rng)
   assert sorted(map(tuple, everything)) == sorted(map(tuple, prefixes[np.isin(owner, [1, 3])]))
+
+
+def test_readme_block_under_another_tag_leaves_the_default_block_alone(tmp_path):
+  bench = _load_script()
+  recall, tput, info = bench.read_results(REPO / "results")
+  info = {**info, "accelerator": "NVIDIA H200"}
+  block = bench.render(recall, tput, info, tag="retrieval-gpu")
+  assert block.startswith("<!-- retrieval-gpu:begin -->")
+  assert block.endswith("<!-- retrieval-gpu:end -->")
+  assert "on NVIDIA H200 (host: " in block
+  readme = tmp_path / "README.md"
+  readme.write_text("a\n<!-- retrieval:begin -->\nold\n<!-- retrieval:end -->\n"
+                    "<!-- retrieval-gpu:begin -->\nold\n<!-- retrieval-gpu:end -->\nb\n")
+  bench.write_readme_block(readme, block, tag="retrieval-gpu")
+  text = readme.read_text()
+  assert "<!-- retrieval:begin -->\nold\n<!-- retrieval:end -->" in text
+  assert block in text and text.endswith("\nb\n")
+  with pytest.raises(SystemExit, match="lacks the <!-- retrieval-x:begin -->"):
+    bench.write_readme_block(readme, block, tag="retrieval-x")
