@@ -105,7 +105,8 @@ def test_best_backend_is_known():
   assert topk_lib.best_backend("tpu") == "approx"
   assert topk_lib.best_backend("cpu", k=100, num_scores=256 * 10**6) == "blockwise"
   assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**6) == "select"
-  assert topk_lib.best_backend("gpu", k=5000, num_scores=256 * 10**6) == "exact"
+  assert topk_lib.best_backend("gpu", k=5000, num_scores=256 * 10**6) == "grouped"
+  assert topk_lib.best_backend("gpu", k=100, num_scores=256 * 10**8) == "blockwise"
   assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**7) == "blockwise"
 
 

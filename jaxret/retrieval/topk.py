@@ -49,11 +49,16 @@ BACKENDS = ("exact", "approx", "blockwise", "grouped", "select")
 #   `select_topk` (scripts/bench_topk.py, B=256, N=1e6, group 16, idle machine, 2026-12-02):
 #   k=1000 / 5000 / 10000 in 0.26 / 0.69 / 1.05 s, against `grouped_topk`'s 0.29 / 1.35 /
 #   2.62 s and one `lax.top_k`'s 0.82 / 1.90 / 2.66 s.
-# GPU: one large `lax.top_k` over the full matrix (not measured here).
+# GPU (results/gpu/, one H200, jax 0.11.2, B=256): `grouped_topk` over the full matrix.
+#   N=1e6: 1.7 / 2.1 / 4.8 ms at k=100 / 1000 / 10000 against one `lax.top_k`'s 17 ms
+#   (10x / 8x / 3.5x); stage 1 at k=100, N=1e5: grouped 496k q/s, blockwise 425k, exact 119k.
+#   Above _GPU_FULL_MAX_SCORES the matrix is not materialised (blockwise; not measured there).
 # TPU: `approx_max_k` has a dedicated partial-reduce fast path (not measured here).
-_BEST = {"cpu": "blockwise", "gpu": "exact", "cuda": "exact", "rocm": "exact", "tpu": "approx"}
+_BEST = {"cpu": "blockwise", "gpu": "grouped", "cuda": "grouped", "rocm": "grouped",
+         "tpu": "approx"}
 _CPU_BLOCKWISE_MAX_K = 512
 _CPU_EXACT_MAX_SCORES = 1 << 28                 # 1 GiB of float32 scores
+_GPU_FULL_MAX_SCORES = 1 << 31                  # 8 GiB of float32 scores
 
 
 class TopK(NamedTuple):
@@ -80,6 +85,8 @@ def best_backend(platform: str | None = None, k: int | None = None,
   if (best == "blockwise" and k is not None and k > _CPU_BLOCKWISE_MAX_K
       and (num_scores is None or num_scores <= _CPU_EXACT_MAX_SCORES)):
     return "select"
+  if best == "grouped" and num_scores is not None and num_scores > _GPU_FULL_MAX_SCORES:
+    return "blockwise"
   return best
 
 
