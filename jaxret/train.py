@@ -102,6 +102,21 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
                               [t.warmup_steps])
 
 
+def encoder_update_scale(config: ml_collections.ConfigDict,
+                         steps_per_epoch: int | None = None) -> Callable | None:
+  """step -> multiplier of the encoder's updates (0 while frozen, then encoder_lr_scale), or
+  None when both options are off (the optimizer then keeps its plain structure)."""
+  t = config.train
+  scale, frozen = float(t.get("encoder_lr_scale", 1.0)), int(t.get("freeze_encoder_epochs", 0))
+  if scale == 1.0 and frozen == 0:
+    return None
+  if frozen and not steps_per_epoch:
+    raise ValueError("--config.train.freeze_encoder_epochs needs the number of steps per "
+                     "epoch: pass steps_per_epoch to make_optimizer / init_state")
+  boundary = frozen * (steps_per_epoch or 0)
+  return lambda step: jnp.where(step < boundary, 0.0, scale)
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    steps_per_epoch: int | None = None) -> optax.GradientTransformation:
   t = config.train
@@ -109,7 +124,14 @@ def make_optimizer(config: ml_collections.ConfigDict,
   parts = []
   if t.grad_clip and t.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(t.grad_clip))
-  parts.append(optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=t.weight_decay))
+  adamw = optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=t.weight_decay)
+  encoder_scale = encoder_update_scale(config, steps_per_epoch)
+  if encoder_scale is None:
+    parts.append(adamw)
+  else:
+    parts.append(optax.multi_transform(
+        {"encoder": optax.chain(adamw, optax.scale_by_schedule(encoder_scale)), "rest": adamw},
+        lambda params: {name: "encoder" if name == "encoder" else "rest" for name in params}))
   return optax.chain(*parts)
 
 
@@ -514,6 +536,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("prng_impl", DEFAULT_PRNG_IMPL) not in PRNG_IMPLS:
     raise ConfigError(f"unknown --config.prng_impl {config.prng_impl!r}; valid names: "
                       f"{', '.join(PRNG_IMPLS)}")
+  frozen = config.train.get("freeze_encoder_epochs", 0)
+  if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
+    raise ConfigError(f"--config.train.freeze_encoder_epochs must be an integer >= 0, got "
+                      f"{frozen!r}")
+  scale = config.train.get("encoder_lr_scale", 1.0)
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+      math.isfinite(scale) and scale >= 0):
+    raise ConfigError(f"--config.train.encoder_lr_scale must be a number >= 0 (1: the "
+                      f"learning rate of the rest), got {scale!r}")
   sampled = config.eval.get("sampled_negatives", 0)
   if isinstance(sampled, bool) or not isinstance(sampled, int) or sampled < 0:
     raise ConfigError(f"--config.eval.sampled_negatives must be an integer >= 0 (0: rank "

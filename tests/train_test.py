@@ -397,3 +397,41 @@ def test_sampled_candidate_evaluation(tiny_dir):
   assert few["hr@5"] > full["hr@5"] and few["mrr"] > full["mrr"]
   with pytest.raises(ConfigError, match="sampled_negatives must be an integer >= 0"):
     train.validate_config(tiny_config(tiny_dir, **{"eval.sampled_negatives": -1}))
+
+
+def _changed(before, after) -> bool:
+  return any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                      jax.tree.leaves(after)))
+
+
+def test_encoder_frozen_for_its_epochs_then_scaled(tiny_dir):
+  config = tiny_config(tiny_dir, head="mol", **{"train.freeze_encoder_epochs": 1,
+                                               "train.encoder_lr_scale": 0.5})
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  batches = data_lib.TrainBatches(seqs, split, config.max_len, 16)
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0),
+                           steps_per_epoch=batches.steps_per_epoch)
+  step = jax.jit(train.make_train_step(model, config, seqs.num_items))
+  start = jax.device_get(state.params)
+  for batch in batches.epoch(0, 0):
+    state, _ = step(state, batch, jax.random.key(0))
+  frozen = jax.device_get(state.params)
+  assert not _changed(start["encoder"], frozen["encoder"])     # item embeddings included
+  assert _changed(start["head"], frozen["head"])
+  state, _ = step(state, next(iter(batches.epoch(0, 1))), jax.random.key(0))
+  assert _changed(frozen["encoder"], jax.device_get(state.params)["encoder"])
+
+  scale = train.encoder_update_scale(config, steps_per_epoch=3)
+  np.testing.assert_allclose([scale(0), scale(2), scale(3), scale(100)], [0, 0, 0.5, 0.5])
+  assert train.encoder_update_scale(default.get_config()) is None  # the plain optimizer
+  with pytest.raises(ValueError, match="steps per epoch"):
+    train.make_optimizer(config)
+
+
+def test_encoder_update_options_are_validated(tiny_dir):
+  for field, value in (("train.freeze_encoder_epochs", -1), ("train.encoder_lr_scale", -0.1),
+                       ("train.encoder_lr_scale", float("nan"))):
+    config = tiny_config(tiny_dir, **{field: value})
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+      train.validate_config(config)

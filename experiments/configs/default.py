@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.lr_decay_epochs = 0
   c.train.lr_final_ratio = 0.0
   c.train.grad_clip = 1.0  # global-norm clipping (0 = off)
+  # Encoder updates (item embeddings included) scaled by encoder_lr_scale, and zero for the
+  # first freeze_encoder_epochs epochs: for a fresh head on a warm-started encoder (init_from).
+  c.train.encoder_lr_scale = 1.0
+  c.train.freeze_encoder_epochs = 0
   c.train.num_devices = 0  # 0 = all visible devices
   # Fraction of the B*L positions whose targets are scored per step: real (non-padding)
   # positions first, a random subset of them if they don't fit. 1.0 = all (exact).
