@@ -138,14 +138,18 @@ def make_optimizer(config: ml_collections.ConfigDict,
 def init_state(config: ml_collections.ConfigDict, model: RetrievalModel, num_items: int,
                rng: jax.Array, svd_factors: np.ndarray | None = None,
                steps_per_epoch: int | None = None) -> TrainState:
-  dummy = jnp.ones((1, config.max_len), jnp.int32)
-  params = model.init({"params": rng, "dropout": rng}, dummy, dummy,
-                      jnp.ones((2,), jnp.int32))["params"]
+  params = init_params(config, model, rng)
   if svd_factors is not None:
     params = {**params, "encoder": encoders_lib.with_svd_factors(
         {"params": params["encoder"]}, svd_factors)["params"]}
   return TrainState.create(apply_fn=model.apply, params=params,
                            tx=make_optimizer(config, steps_per_epoch))
+
+
+def init_params(config: ml_collections.ConfigDict, model: RetrievalModel, rng: jax.Array) -> Any:
+  dummy = jnp.ones((1, config.max_len), jnp.int32)
+  return model.init({"params": rng, "dropout": rng}, dummy, dummy,
+                    jnp.ones((2,), jnp.int32))["params"]
 
 
 def warm_start_encoder(config: ml_collections.ConfigDict, params: Any, num_items: int) -> tuple[
@@ -161,8 +165,7 @@ def warm_start_encoder(config: ml_collections.ConfigDict, params: Any, num_items
                       f"training run (python -m experiments.run --workdir=...)")
   src_config = ml_collections.ConfigDict(json.loads((src / "config.json").read_text()))
   src_model = build_model(src_config, num_items)
-  shapes = jax.eval_shape(
-      lambda: init_state(src_config, src_model, num_items, jax.random.key(0)).params)
+  shapes = jax.eval_shape(lambda: init_params(src_config, src_model, jax.random.key(0)))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   restored = None
   if any((src / "checkpoints" / "best").glob("*")):  # Checkpointer would create the folders
