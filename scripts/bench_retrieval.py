@@ -400,7 +400,6 @@ def main(argv=None) -> None:
               f"{qps[f'stage1_only/{quant}'] / qps['faiss_flat_ip']:.2f}x")
     write_results(out, recall_rows, tput_rows, info)   # each finished pool survives a kill
 
-  write_results(out, recall_rows, tput_rows, info)
   plot(recall_rows, tput_rows, out)
   print(f"\nwrote {out}/retrieval_recall.csv, retrieval_throughput.csv, machine.json, PNGs")
   block = render(*read_results(out), tag=args.readme_tag,
@@ -416,7 +415,6 @@ def write_results(out: Path, recall_rows: list[dict], tput_rows: list[dict], inf
   _write_csv(out / "retrieval_throughput.csv", tput_rows,
              ["pool", "method", "quantization", "pool_size", "batch", "k", "k_prime", "qps"])
   (out / "machine.json").write_text(json.dumps(info, indent=2))
-
 
 
 # ----------------------------------------------------------------------------- report
