@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared run on a lent accelerator machine (never a CI need):
 #   1. training-step benchmark, dot vs MoL (scripts/bench_train.py),
-#   2. full-matrix top-k methods (scripts/bench_topk.py),
+#   2. full-matrix top-k methods (scripts/bench_topk.py), the fused Pallas MoL scorer against
+#      XLA (scripts/bench_mol_kernel.py),
 #   3. two-stage retrieval, Figure 3 (scripts/bench_retrieval.py) on the MoL seed-0 checkpoint,
 #   4. then, in the time left, resume an unfinished MoL seed of a reproduction table from
 #      results/in_progress (its checkpoints come back in the archive).
@@ -11,7 +12,7 @@
 #   OUT=/tmp/gpu_out JAXRET_DATA_DIR=../shared/data bash scripts/gpu_checks.sh
 #
 # Knobs (environment): GPU_BUDGET_S (default 560), RETRIEVAL_S (cap of stage 3, default 250),
-# TRAIN_S (cap of stage 4, default: the time left), STAGES (default 'step topk retrieval train';
+# TRAIN_S (cap of stage 4, default: the time left), STAGES (default 'step topk kernel retrieval train';
 # a second call on a warm machine can run 'train' alone: it continues from $GPU_WORK/runs),
 # GPU_SMOKE=1 (tiny sizes: checks the script itself on a CPU in a minute or two).
 set -uo pipefail
@@ -22,7 +23,7 @@ BUDGET="${GPU_BUDGET_S:-560}"
 TRAIN_S="${TRAIN_S:-100000}"
 RETRIEVAL_S="${RETRIEVAL_S:-250}"
 SMOKE="${GPU_SMOKE:-0}"
-STAGES=" ${STAGES:-step topk retrieval train} "
+STAGES=" ${STAGES:-step topk kernel retrieval train} "
 mkdir -p "$OUT" "$WORK"
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
@@ -63,6 +64,14 @@ say "stage 2: bench_topk"
 timeout "$(cap 40)" $PY scripts/bench_topk.py --methods=grouped --groups=16 \
   --ks=100,1000,10000 --pool=$pool --out="$WORK/bench_topk_gpu.json" > "$WORK/bench_topk.log" 2>&1
 say "stage 2 exit $?"; cat "$WORK/bench_topk.log"; pack
+fi
+
+# 2b. The fused Pallas MoL scorer against XLA (all pairs, B=256, N=1e5).
+if want kernel; then
+say "stage 2b: bench_mol_kernel"
+timeout "$(cap 60)" $PY scripts/bench_mol_kernel.py --pool=$(( SMOKE == 1 ? 1024 : 100000 )) \
+  --out="$WORK/bench_mol_kernel.json" > "$WORK/bench_mol_kernel.log" 2>&1
+say "stage 2b exit $?"; cat "$WORK/bench_mol_kernel.log"; pack
 fi
 
 # 3. Two-stage retrieval on the MoL seed-0 checkpoint: Figure 3 on the GPU.
