@@ -449,3 +449,19 @@ def test_fit_multi_probe_hindexer_improves_stage1_recall():
 def test_hindexer_rejects_zero_probes():
   with pytest.raises(ValueError, match="num_probes"):
     hidx.init_hindexer(hidx.HIndexer(dim=4, num_probes=0), D_Q, D_I, jax.random.key(0))
+
+
+def test_exact_mol_topk_with_the_pallas_kernel_equals_xla():
+  index, _ = _small_index()
+  queries = _rand(7, (5, D_Q))
+  want_ids, want_scores = index.exact_mol_topk(queries, 20)
+  fused = index.with_options(exact_kernel="pallas")              # interpret mode on the CPU
+  got_ids, got_scores = fused.exact_mol_topk(queries, 20)
+  np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(got_ids, want_ids)
+  with pytest.raises(ValueError, match="unknown exact_kernel 'triton'"):
+    index.with_options(exact_kernel="triton")
+  with pytest.raises(ValueError, match="needs a gated MoL head and mol_dtype='fp32'"):
+    index.with_options(exact_kernel="pallas", mol_dtype="bf16")
+  with pytest.raises(ValueError, match="needs a gated MoL head"):
+    _small_index(gating=False)[0].with_options(exact_kernel="pallas")

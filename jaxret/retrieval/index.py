@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxret.kernels import mol_pallas
 from jaxret.models.heads import MoLHead, MoLItemSide, MoLQuerySide
 from jaxret.retrieval import topk as topk_lib
 from jaxret.retrieval.hindexer import HIndexer, fit_hindexer
@@ -55,6 +56,7 @@ _RESCORE_PAIRS = 1 << 15
 # Items per step of the exact MoL scan: 128 (2^15 pairs at B=256) took 17.9 s for B=256 over
 # 1e5 items against 19.1 s at 512 (idle machine).
 _EXACT_BLOCK = 128
+EXACT_KERNELS = ("xla", "pallas")
 
 
 @flax.struct.dataclass
@@ -122,6 +124,8 @@ class MoLIndex:
     arrays: IndexArrays.
     quantization: stage-1 table format, 'fp32', 'bf16' or 'int8'.
     mol_dtype: stage-2 computation dtype, 'fp32' or 'bf16'.
+    exact_kernel: how `exact_mol_topk` scores an item block: 'xla' (`MoLHead.score_sides`)
+      or 'pallas' (the fused `jaxret.kernels.mol_pallas.mol_scores`; gated heads, fp32).
     backend: stage-1 top-k backend, one of topk.BACKENDS (default:
       `topk.best_backend()` for the platform, k' and batch of each call).
     recall_target: of the 'approx' backend.
@@ -129,9 +133,15 @@ class MoLIndex:
 
   def __init__(self, head: MoLHead, arrays: IndexArrays, hindexer: HIndexer | None = None,
                quantization: str = "fp32", mol_dtype: str = "fp32",
-               backend: str | None = None, recall_target: float = 0.95):
+               backend: str | None = None, recall_target: float = 0.95,
+               exact_kernel: str = "xla"):
     if head.uses_user_components:
       raise ValueError("MoLIndex does not support hashed user-id MoL components")
+    if exact_kernel not in EXACT_KERNELS:
+      raise ValueError(f"unknown exact_kernel {exact_kernel!r}; valid: "
+                       f"{', '.join(EXACT_KERNELS)}")
+    if exact_kernel == "pallas" and (not head.gating or mol_dtype != "fp32"):
+      raise ValueError("exact_kernel='pallas' needs a gated MoL head and mol_dtype='fp32'")
     if mol_dtype not in MOL_DTYPES:
       raise ValueError(f"unknown mol_dtype {mol_dtype!r}; valid: {', '.join(MOL_DTYPES)}")
     if backend is not None and backend not in topk_lib.BACKENDS:
@@ -143,6 +153,7 @@ class MoLIndex:
     self.mol_dtype = mol_dtype
     self.backend_choice = backend                   # None: best_backend() per call
     self.recall_target = recall_target
+    self.exact_kernel = exact_kernel
     self.query_dim = _query_dim(arrays.head_params)
     self._stage2_head = head.clone(dtype=MOL_DTYPES[mol_dtype], parent=None)
     self._fns: dict[tuple, Callable] = {}
@@ -216,14 +227,15 @@ class MoLIndex:
     return cls.from_arrays(model.head, params["head"], vectors, item_ids=ids, **kwargs)
 
   def with_options(self, quantization: str | None = None, **kwargs) -> "MoLIndex":
-    """A copy with another stage-1 quantization / mol_dtype / backend / recall_target."""
+    """A copy with another stage-1 quantization / mol_dtype / backend / recall_target /
+    exact_kernel."""
     a = self.arrays
     q = quantization or self.quantization
     arrays = a if q == self.quantization else _make_arrays(
         a.item_ids, a.item_components, a.item_gate, a.head_params, a.hindexer_items,
         a.hindexer_params, q)
     opts = dict(mol_dtype=self.mol_dtype, backend=self.backend_choice,
-                recall_target=self.recall_target)
+                recall_target=self.recall_target, exact_kernel=self.exact_kernel)
     opts.update(kwargs)
     return MoLIndex(self.head, arrays, self.hindexer, q, **opts)
 
@@ -413,6 +425,8 @@ class MoLIndex:
       rows = jnp.minimum(ids, n - 1)
       gate = None if arrays.item_gate is None else arrays.item_gate[rows]
       side = MoLItemSide(arrays.item_components[rows], gate)           # (blk, P_X, d)
+      if self.exact_kernel == "pallas":
+        return mol_pallas.mol_scores(self.head, arrays.head_params, q_side, side)
       dt = MOL_DTYPES[self.mol_dtype]
       side = jax.tree.map(lambda x: x.astype(dt), side)
       qs = jax.tree.map(lambda x: x.astype(dt), q_side)
