@@ -41,14 +41,18 @@ def block_diagonal_queries(components: Array, num_item_components: int) -> Array
   return big.reshape(b, p_x * d, p_q * p_x)
 
 
+def _silu(x: Array) -> Array:
+  return x / (1.0 + jnp.exp(-x))      # from exp alone: the fewest ops for a backend to lower
+
+
 def _kernel(qbig_ref, qgate_ref, icomp_ref, igate_ref, w1_ref, b1_ref, w2_ref, b2_ref,
             out_ref, *, inv_tau: float):
   logits = jnp.dot(icomp_ref[...], qbig_ref[0],
                    preferred_element_type=jnp.float32) * inv_tau            # (bN, P)
-  hidden = jax.nn.silu(jnp.dot(logits, w1_ref[...], preferred_element_type=jnp.float32)
-                       + b1_ref[...])                                        # (bN, H)
+  hidden = _silu(jnp.dot(logits, w1_ref[...], preferred_element_type=jnp.float32)
+                  + b1_ref[...])                                             # (bN, H)
   mixed = jnp.dot(hidden, w2_ref[...], preferred_element_type=jnp.float32) + b2_ref[...]
-  gate = jax.nn.silu(qgate_ref[...] * igate_ref[...] + mixed)               # (bN, P)
+  gate = _silu(qgate_ref[...] * igate_ref[...] + mixed)                     # (bN, P)
   gate = gate - jnp.max(gate, axis=-1, keepdims=True)
   weights = jnp.exp(gate)
   weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
