@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     exact = jax.jit(lambda s, k=k: topk_lib.exact_topk(s, k))
     base = seconds(exact, scores, args.repeats)
     ref = exact(scores)
-    records.append(dict(method="lax.top_k", group=1, k=k, seconds=round(base, 4), speedup=1.0))
+    records.append(dict(method="lax.top_k", group=1, k=k, seconds=round(base, 6), speedup=1.0))
     print(f"k={k:6d} lax.top_k           {base:7.3f} s", flush=True)
     groups = [int(v) for v in args.groups.split(",")]
     for name, fn_of, gs in (("grouped_topk", topk_lib.grouped_topk, groups),
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         if not np.array_equal(np.asarray(out.scores), np.asarray(ref.scores)):
           raise SystemExit(f"error: {name}(k={k}, group={g}) differs from lax.top_k")
         sec = seconds(fn, scores, args.repeats)
-        records.append(dict(method=name, group=g, k=k, seconds=round(sec, 4),
+        records.append(dict(method=name, group=g, k=k, seconds=round(sec, 6),
                             speedup=round(base / sec, 3)))
         print(f"k={k:6d} {name} g={g:<3d} {sec:7.3f} s  {base / sec:5.2f}x", flush=True)
   machine = f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__} " \
