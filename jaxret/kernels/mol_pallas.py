@@ -1,10 +1,10 @@
 """Fused MoL scoring of every (query, item) pair in Pallas (forward only, for serving).
 
 XLA computes MoL's per-pair gating (logits -> Dense(H) -> SiLU -> Dense(P), softmax over P)
-as separate ops with (pairs, H) and (pairs, P) intermediates in memory; on a GPU that leaves
-the MoL step bound by memory traffic, not by matmuls (results/gpu/README.md). This kernel
-keeps one (query, item block) tile in registers / shared memory end to end, with every
-contraction a 2D matmul:
+as separate ops with (pairs, H) and (pairs, P) intermediates in memory; the H200 run in
+results/gpu/README.md found the MoL step far below the chip's matmul rate. This kernel
+computes one (query, item block) tile end to end, so those intermediates need not leave the
+chip, with every contraction a 2D matmul:
 
   logits (bN, P)  = item components (bN, P_X*d) @ block-diagonal query matrix (P_X*d, P) / tau
   gate   (bN, P)  = SiLU(q_gate * i_gate + SiLU(logits @ W1 + b1) @ W2 + b2)
