@@ -39,7 +39,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -40,7 +40,6 @@ def measure(args: argparse.Namespace) -> dict:
   sys.path.insert(0, str(REPO))
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
   from experiments import cli
   from experiments.configs import default

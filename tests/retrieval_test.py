@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxret.losses import sampled_softmax_loss
 from jaxret.models.encoders import SVDEncoder
 from jaxret.models.heads import MoLHead
 from jaxret.models.retrieval import RetrievalModel
