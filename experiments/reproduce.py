@@ -58,6 +58,18 @@ class Row:
   label: str  # as printed, e.g. 'SASRec MLP+BCE'
   # Reference numbers by source (a key of `Table.sources`), then metric.
   references: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+  # A reference ranker that is not trained ('popularity': `jaxret.baselines`), evaluated once
+  # (as s0, whatever the seeds) on the data and protocol of row `config_row`'s config.
+  baseline: str = ""
+  config_row: str = ""
+
+
+BASELINES = ("popularity",)
+
+
+def popularity_row(config_row: str) -> Row:
+  return Row("popularity", "Item popularity (no training)", baseline="popularity",
+             config_row=config_row)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +105,15 @@ SEED_ML1M = Table(
                0.1257),
      _seed_row("svd_fm_bce", "SVD FM+BCE", 0.0511, 0.2200, 0.4844, 0.8644, 0.1142),
      _seed_row("svd_neural_fm_bce", "SVD NeuralFM+BCE", 0.0378, 0.2667, 0.6356, 0.9133, 0.1113),
-     _seed_row("svd_dot_bce", "SVD Dot+BCE", 0.0044, 0.1933, 0.5400, 0.9088, 0.0633)),
+     _seed_row("svd_dot_bce", "SVD Dot+BCE", 0.0044, 0.1933, 0.5400, 0.9088, 0.0633),
+     popularity_row("sasrec_dot_bce")),
     {"published": ("published, ML-1M", "published by the seed study, on the full ML-1M")},
     "Protocol `ratio` (70/20/10 global temporal split), 127 uniform negatives per positive "
-    "(SS: 128), L=200, full ranking with the history excluded.")
+    "(SS: 128), L=200, full ranking with the history excluded; one validation / test example "
+    "per user, the first item after the cut (`ratio_targets=first`). The published numbers "
+    "are not comparable one to one: their candidate protocol is unknown, and item popularity "
+    "scores HR@500 ~0.58 under this full ranking against >= 0.86 in every published row "
+    "(`results/diagnostics/seed_ml1m_probe.json`).")
 
 PAPER_ML1M = Table(
     "paper_ml1m",
@@ -106,7 +123,8 @@ PAPER_ML1M = Table(
         "published": {"hr@10": 0.2853, "ndcg@10": 0.1603, "hr@50": 0.5474, "hr@200": 0.7528},
         "pytorch_ml1m_half": {"hr@10": 0.2197, "ndcg@10": 0.1154, "hr@50": 0.508,
                               "hr@200": 0.745, "mrr": 0.100}}),
-     Row("sasrec_mol_ss", "SASRec MoL+SS")),
+     Row("sasrec_mol_ss", "SASRec MoL+SS"),
+     popularity_row("sasrec_dot_ss")),
     {"published": ("paper, ML-1M",
                    "SASRec (SS) published by Zhai et al. (KDD 2023), on the full ML-1M"),
      "pytorch_ml1m_half": ("PyTorch, ml-1m-half",
@@ -118,7 +136,8 @@ BEAUTY = Table(
     "beauty",
     "Amazon Beauty: SASRec, dot product vs MoL, sampled softmax",
     ("hr@10", "ndcg@10", "hr@50", "hr@200", "mrr"),
-    (Row("sasrec_dot_ss", "SASRec Dot+SS"), Row("sasrec_mol_ss", "SASRec MoL+SS")),
+    (Row("sasrec_dot_ss", "SASRec Dot+SS"), Row("sasrec_mol_ss", "SASRec MoL+SS"),
+     popularity_row("sasrec_dot_ss")),
     {},
     "Protocol `loo` (leave-one-out), 128 sampled-softmax negatives, L=50, full ranking with "
     "the history excluded. No published numbers.")
@@ -150,7 +169,7 @@ def row_config(table: Table, row: Row, seed: int, *, dataset: str | None = None,
   """The row's config file, then the seed, the command's dataset/data_dir/epochs and the
   `FIELD.PATH -> value` overrides (smoke runs), in that order."""
   config = importlib.import_module(
-      f"experiments.configs.rows.{table.name}_{row.name}").get_config()
+      f"experiments.configs.rows.{table.name}_{row.config_row or row.name}").get_config()
   config.seed = seed
   if dataset:
     config.dataset = dataset
@@ -265,7 +284,7 @@ def sweep(table: Table, seeds: Sequence[int], *, workdir_root: str | Path,
   """
   runs = []
   for row in select_rows(table, rows):
-    for seed in seeds:
+    for seed in ([0] if row.baseline else seeds):
       config = row_config(table, row, seed, dataset=dataset, data_dir=data_dir, epochs=epochs,
                           overrides=overrides)
       workdir = run_dir(workdir_root, table, row, seed)
@@ -290,17 +309,38 @@ def sweep(table: Table, seeds: Sequence[int], *, workdir_root: str | Path,
         + (" (under a larger eval.patience)" if is_finished(workdir) else ""))
     _record_session(workdir, command)
     try:
-      result = train.train_and_evaluate(config, workdir, log=log)
+      result = (run_baseline(row, config, workdir) if row.baseline
+                else train.train_and_evaluate(config, workdir, log=log))
     except train.TrainingError as e:
       log(f"{tag}: failed: {e}")
       summary.failed.append(f"{row.name}/s{seed}")
       continue
     summary.trained.append(f"{row.name}/s{seed}")
-    log(f"{tag}: done after {result['epochs']} epochs (best {result['best_epoch']}), test "
-        + ", ".join(f"{m} {result[m]:.4f}" for m in table.metrics if m in result))
+    done = (f"{tag}: evaluated" if row.baseline else
+            f"{tag}: done after {result['epochs']} epochs (best {result['best_epoch']})")
+    log(f"{done}, test " + ", ".join(f"{m} {result[m]:.4f}" for m in table.metrics
+                                     if m in result))
   log(f"{table.name}: {len(summary.trained)} trained, {len(summary.skipped)} skipped "
       f"(finished), {len(summary.failed)} failed")
   return summary
+
+
+def run_baseline(row: Row, config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+  """Evaluates an untrained reference row; writes config.json and, last, test_metrics.json
+  (its test metrics and `valid_ndcg@10`), the records a trained run leaves."""
+  if row.baseline != "popularity":
+    raise ConfigError(f"unknown baseline {row.baseline!r} of row {row.name}; valid names: "
+                      f"{', '.join(BASELINES)}")
+  from jaxret import baselines
+  out = baselines.evaluate_popularity(config)
+  result = {**out["test"], f"valid_{VALID_METRIC}": out["valid"][VALID_METRIC],
+            "eval_time": out["eval_time"]}
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json(indent=2))
+  tmp = workdir / "test_metrics.json.tmp"
+  tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+  tmp.replace(workdir / "test_metrics.json")
+  return result
 
 
 # ----------------------------------------------------------------------------- results
@@ -383,7 +423,9 @@ def summarize(table: Table, results: Mapping[str, Sequence[RunRecord]],
     for metric in metrics:
       values = [float(r.test[metric]) for r in runs if metric in r.test]
       mean, std = _mean_std(values)
-      record = {"encoder": config.encoder, "head": config.head, "loss": config.loss,
+      model = (("", row.baseline, "") if row.baseline
+               else (config.encoder, config.head, config.loss))
+      record = {**dict(zip(("encoder", "head", "loss"), model)),
                 "metric": metric, "mean": mean, "std": std, "n_seeds": len(values),
                 "published": row.references.get("published", {}).get(metric), **per_row}
       for s in extra_sources:
@@ -427,6 +469,11 @@ def write_figures(table: Table, results: Mapping[str, Sequence[RunRecord]], out_
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, row in rows:
     runs = results[row.name]
+    if row.baseline:  # not trained: its validation value as a level line
+      level = [r.test[f"valid_{VALID_METRIC}"] for r in runs if f"valid_{VALID_METRIC}" in r.test]
+      if level:
+        ax.axhline(float(np.mean(level)), color=colors(i % 10), ls=":", label=row.label)
+      continue
     epochs = sorted({e for r in runs for e in r.valid})
     means = [np.mean([r.valid[e] for r in runs if e in r.valid]) for e in epochs]
     ax.plot(epochs, means, color=colors(i % 10), label=f"{row.label} ({len(runs)} seeds)")
@@ -522,13 +569,17 @@ def render_markdown(table: Table, records: Sequence[Mapping[str, Any]],
       cells += [_fmt_ref(row.references.get(s, {}).get(metric)) for s in table.sources
                 if any(metric in r.references.get(s, {}) for r in table.rows)]
     first = rec[table.metrics[0]]
-    cells += [str(len(results.get(row.name, []))), _fmt_epochs(first["epochs"],
+    n_runs = len(results.get(row.name, []))
+    cells += ["—" if row.baseline else str(n_runs), _fmt_epochs(first["epochs"],
                                                                first["best_epoch"]),
               _fmt_duration(first["train_time_s"])]
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
   notes = ["Ours: test split, mean ± sample std (ddof=1) over the finished seeds, each from "
            "the checkpoint with the best validation NDCG@10; — = no finished seed."]
+  if any(row.baseline == "popularity" and results.get(row.name) for row in table.rows):
+    notes.append("Item popularity: every item scored by its count in the training part, "
+                 "evaluated the same way (ties count against the target), not trained.")
   notes += [f"({tag}): {text}." for tag, text in table.sources.values()]
   datasets = sorted({r.config.get("dataset", "?") for runs in results.values() for r in runs})
   protocols = sorted({r.config.get("protocol", "?") for runs in results.values() for r in runs})

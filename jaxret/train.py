@@ -389,17 +389,25 @@ def make_eval_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   and `weights` instead; `evaluate` turns them into the expected metrics of ranking each
   target against S sampled candidates (`metrics.sampled_metrics_from_ranks`, on the host).
   """
+
+  def batch_scorer(params, batch: dict[str, jax.Array]) -> metrics_lib.ScoreFn:
+    variables = {"params": params}
+    queries = model.apply(variables, batch["inputs"], method=RetrievalModel.last_query)
+    return lambda ids: model.apply(variables, queries, ids, method=RetrievalModel.score)
+
+  return make_ranking_eval_step(batch_scorer, config, num_items)
+
+
+def make_ranking_eval_step(batch_scorer: Callable[[Any, dict], metrics_lib.ScoreFn],
+                           config: ml_collections.ConfigDict, num_items: int) -> Callable:
+  """`make_eval_step` for any scorer: `batch_scorer(params, batch)` returns the batch's
+  `score_fn(ids (C,)) -> (B, C)` (e.g. `jaxret.baselines`' popularity)."""
   ks = eval_cutoffs(config, num_items)
   chunk = int(config.eval.chunk_size)
   sampled = int(config.eval.get("sampled_negatives", 0))
 
   def eval_step(params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    variables = {"params": params}
-    queries = model.apply(variables, batch["inputs"], method=RetrievalModel.last_query)
-
-    def score_fn(ids):
-      return model.apply(variables, queries, ids, method=RetrievalModel.score)
-
+    score_fn = batch_scorer(params, batch)
     ranks = metrics_lib.chunked_ranks(score_fn, batch["targets"], num_items, batch["exclude"],
                                       chunk_size=chunk)
     w = batch["weight"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import reproduce
-from jaxret import train
+from jaxret import baselines, train
 from jaxret.errors import ConfigError
 from train_test import REPO, write_tiny_ml
 
@@ -65,6 +65,8 @@ def test_sweep_writes_mean_and_std_over_seeds(swept, tmp_path):
     assert tuple(reader.fieldnames[:8]) == reproduce.CSV_COLUMNS
     records = {(r["row"], r["metric"]): r for r in reader}
   for row in TABLE.rows:
+    if row.baseline:
+      continue
     published = row.references["published"]
     for metric in TABLE.metrics:
       record = records[(row.name, metric)]
@@ -128,6 +130,37 @@ def test_a_workdir_of_another_config_is_an_error(swept, tiny_dir):
   with pytest.raises(ConfigError, match="unknown row 'nope' of table seed_ml1m"):
     reproduce.sweep(TABLE, SEEDS, **sweep_kwargs(tiny_dir, root, [], rows=["nope"]))
   assert run_files(root) == before
+
+
+def test_popularity_row_is_evaluated_once_and_reported(tiny_dir, tmp_path):
+  root = tmp_path / "workdirs"
+  logs = []
+  summary = reproduce.sweep(TABLE, SEEDS, **sweep_kwargs(tiny_dir, root, logs,
+                                                         rows=["popularity"]))
+  assert summary.trained == ["popularity/s0"], logs  # deterministic: once, whatever the seeds
+  row = reproduce.select_rows(TABLE, ["popularity"])[0]
+  config = reproduce.row_config(TABLE, row, 0, dataset="ml-1m", data_dir=str(tiny_dir),
+                                overrides=TINY)
+  assert (config.protocol, config.ratio_targets) == ("ratio", "first")  # sasrec_dot_bce's
+  direct = baselines.evaluate_popularity(config)
+  stored = json.loads((root / "seed_ml1m" / "popularity" / "s0" / "test_metrics.json")
+                      .read_text())
+  assert stored["hr@10"] == direct["test"]["hr@10"] and stored["mrr"] == direct["test"]["mrr"]
+  assert stored["valid_ndcg@10"] == direct["valid"]["ndcg@10"]
+  assert reproduce.sweep(TABLE, SEEDS, **sweep_kwargs(tiny_dir, root, [],
+                                                      rows=["popularity"])).skipped
+
+  reproduce.write_reports(TABLE, root, tmp_path, log=lambda s: None)
+  with open(tmp_path / "seed_ml1m.csv") as f:
+    records = {(r["row"], r["metric"]): r for r in csv.DictReader(f)}
+  record = records[("popularity", "hr@10")]
+  assert (record["encoder"], record["head"], record["loss"]) == ("", "popularity", "")
+  assert float(record["mean"]) == pytest.approx(direct["test"]["hr@10"], rel=1e-12)
+  assert record["published"] == ""
+  md = (tmp_path / "seed_ml1m.md").read_text()
+  assert (f"| Item popularity (no training) | {direct['test']['hr@1']:.4f} |  | "
+          f"{direct['test']['hr@10']:.4f} |") in md
+  assert "Item popularity: every item scored by its count in the training part" in md
 
 
 def test_readme_block_is_refilled_in_place(tmp_path):
