@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from jaxret import baselines, train
+from jaxret.errors import ConfigError
 from train_test import tiny_config, write_tiny_ml
 
 
@@ -59,3 +60,23 @@ def test_popularity_counts_only_the_training_part(tiny_dir):
   counts = baselines.item_popularity(seqs, split)
   assert counts[0] == 0 and counts.sum() == split.train_len.sum()
   assert counts.sum() < len(seqs.items)  # each user's last two items are held out
+
+
+def test_recent_popularity_counts_the_latest_training_interactions(tiny_dir):
+  config = tiny_config(tiny_dir, protocol="loo")
+  seqs, split = train.load_data(config)
+  train_items, train_times = [], []
+  for u in range(seqs.num_users):
+    start = seqs.user_ptr[u]
+    train_items += seqs.items[start:start + split.train_len[u]].tolist()
+    train_times += seqs.times[start:start + split.train_len[u]].tolist()
+  train_items, train_times = np.array(train_items), np.array(train_times)
+  cut = np.sort(train_times)[int(np.floor(0.75 * (len(train_times) - 1)))]  # 0.25 latest
+  expected = np.bincount(train_items[train_times >= cut], minlength=seqs.num_items + 1)
+  got = baselines.item_popularity(seqs, split, recent_fraction=0.25)
+  np.testing.assert_array_equal(got, expected)
+  assert 0 < got.sum() < baselines.item_popularity(seqs, split).sum()
+  out = baselines.evaluate_popularity(config, seqs, split, recent_fraction=0.25)
+  assert 0.0 <= out["test"]["hr@10"] <= 1.0
+  with pytest.raises(ConfigError, match=r"recent_fraction must be in \(0, 1\], got 0"):
+    baselines.item_popularity(seqs, split, recent_fraction=0)
