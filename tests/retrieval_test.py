@@ -211,6 +211,22 @@ def test_two_stage_with_all_candidates_is_exact(generator, backend):
   np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("generator", ["hindexer", "per_component"])
+def test_rescoring_in_small_chunks_is_exact(monkeypatch, generator):
+  """Stage 2 re-scores the row-sorted candidates 2 per query per step (S not a multiple)."""
+  monkeypatch.setattr(index_lib, "_RESCORE_PAIRS_CPU", 8)
+  monkeypatch.setattr(index_lib, "_RESCORE_PAIRS", 8)
+  index, _ = _small_index()
+  index = index.with_options()  # a fresh jit cache: the chunk size is read when tracing
+  q = _rand(12, (4, D_Q))
+  n = index.num_items
+  ref_ids, ref_vals = index.exact_mol_topk(q, 7)
+  ppk = n if generator == "per_component" else None
+  ids, vals = index.retrieve(q, 7, n, generator, per_pair_k=ppk)
+  np.testing.assert_array_equal(ids, ref_ids)
+  np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["bf16", "int8"])
 def test_quantized_index_with_all_candidates_is_exact(kind):
   index, _ = _small_index()
