@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from jaxret import validation as V
 from jaxret.errors import ConfigError
-from jaxret.models.layers import byte_keep_mask  # noqa: F401  (re-exported)
+from jaxret.models.layers import ByteDropout, byte_keep_mask  # noqa: F401  (re-exported)
 from jaxret.registry import Registry
 
 HEADS: Registry = Registry("head")
@@ -170,7 +170,7 @@ class MLPHead(nn.Module):
   Attributes:
     hidden: widths of the hidden layers (at least one).
     activation: 'relu', 'gelu' or 'silu'.
-    dropout: dropout rate after every hidden activation.
+    dropout: dropout rate after every hidden activation (`ByteDropout`: rate rounded to 1/256).
     dtype: computation dtype.
   """
   hidden: Sequence[int] = (256, 128)
@@ -206,10 +206,10 @@ class MLPHead(nn.Module):
     h_p = nn.Dense(width, use_bias=False, dtype=self.dtype,
                    name="first_product")(query[..., None, :] * items)    # (..., K, H)
     h = act(h_q[..., None, :] + h_i + h_p)
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = ByteDropout(self.dropout)(h, deterministic=deterministic)
     for j, w in enumerate(self.hidden[1:]):
       h = act(nn.Dense(w, dtype=self.dtype, name=f"hidden_{j + 1}")(h))
-      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+      h = ByteDropout(self.dropout)(h, deterministic=deterministic)
     return nn.Dense(1, dtype=self.dtype, name="out")(h)[..., 0]         # (..., K)
 
 
@@ -316,7 +316,8 @@ class NeuralFMHead(nn.Module):
   Attributes:
     factor_dim: F.
     hidden: widths of the MLP hidden layers (may be empty).
-    dropout: dropout rate on f and after each hidden layer.
+    dropout: dropout rate on f and after each hidden layer (`ByteDropout`: rate rounded to
+      1/256).
     dtype: computation dtype.
   """
   factor_dim: int = 64
@@ -345,12 +346,14 @@ class NeuralFMHead(nn.Module):
     w0 = self.param("w0", nn.initializers.zeros, (), jnp.float32).astype(self.dtype)
     lin_q, a, a2 = _FMParams(self.factor_dim, self.dtype, name="query")(query)
     lin_i, b, b2 = _FMParams(self.factor_dim, self.dtype, name="item")(items)
-    vx = a[..., None, :] + b                                            # (..., K, F)
-    f = 0.5 * (vx * vx - (a2[..., None, :] + b2))                       # (..., K, F)
-    h = nn.Dropout(self.dropout)(f, deterministic=deterministic)
+    # 0.5 ((a + b)^2 - (a2 + b2)) = a * b + self-interaction terms of each side alone.
+    f_q = 0.5 * (a * a - a2)                                            # (..., F)
+    f_i = 0.5 * (b * b - b2)                                            # (..., K, F)
+    f = a[..., None, :] * b + f_q[..., None, :] + f_i                   # (..., K, F)
+    h = ByteDropout(self.dropout)(f, deterministic=deterministic)
     for j, w in enumerate(self.hidden):
       h = nn.relu(nn.Dense(w, dtype=self.dtype, name=f"hidden_{j}")(h))
-      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+      h = ByteDropout(self.dropout)(h, deterministic=deterministic)
     deep = nn.Dense(1, dtype=self.dtype, name="out")(h)[..., 0]         # (..., K)
     return (w0 + lin_q)[..., None] + lin_i + deep
 
