@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--teacher_temperature", type=float, default=1.0)
   p.add_argument("--temperature", type=float, default=0.05)
   p.add_argument("--learning_rate", type=float, default=3e-3)
+  p.add_argument("--num_hard_negatives", type=int, default=0,
+                 help="student-mined rows per query (fit_hindexer's num_hard_negatives)")
+  p.add_argument("--mine_every", type=int, default=250, help="steps between two minings")
   p.add_argument("--prefix_queries", type=int, default=0,
                  help="extra fit queries from earlier positions of the fit users' histories")
   return p.parse_args(argv)
@@ -150,7 +153,9 @@ def main(argv=None) -> None:
                              steps=args.steps, batch_size=args.batch_size,
                              num_negatives=args.num_negatives,
                              learning_rate=args.learning_rate, temperature=args.temperature,
-                             teacher_temperature=args.teacher_temperature, log=print)
+                             teacher_temperature=args.teacher_temperature,
+                             num_hard_negatives=args.num_hard_negatives,
+                             mine_every=args.mine_every, log=print)
   fit_s = time.time() - t
   r = stage1_ranks(hindexer, fitted.arrays.hindexer_params, queries, items, top)
   recall = {str(kp): round(float(np.mean(r < kp)), 4) for kp in _ints(args.k_primes)}
@@ -168,7 +173,8 @@ def main(argv=None) -> None:
                          batch_size=args.batch_size, num_negatives=args.num_negatives,
                          teacher_k=args.teacher_k, teacher_temperature=args.teacher_temperature,
                          temperature=args.temperature, learning_rate=args.learning_rate,
-                         prefix_queries=args.prefix_queries),
+                         prefix_queries=args.prefix_queries,
+                         num_hard_negatives=args.num_hard_negatives, mine_every=args.mine_every),
                 fit_seconds=round(fit_s, 1), stage1_recall_at_k_prime=recall,
                 median_rank=float(np.median(r)), p99_rank=float(np.percentile(r, 99)))
   if union:

@@ -398,6 +398,44 @@ def test_fit_hindexer_improves_stage1_recall():
   assert recall(fitted) > recall(index) + 0.15, (recall(fitted), recall(index))
 
 
+def test_mine_hard_rows_are_the_stage1_top_outside_the_teacher_rows():
+  h = hidx.HIndexer(dim=8, hidden=16)
+  params = hidx.init_hindexer(h, D_Q, D_I, jax.random.key(5))
+  q, items = _rand(40, (6, D_Q)), _rand(41, (300, D_I))
+  teacher = np.stack([np.random.default_rng(i).choice(300, 7, replace=False) for i in range(6)])
+  table = h.apply({"params": params}, jnp.asarray(items), method=hidx.HIndexer.embed_items)
+  rows = np.asarray(hidx._mine_hard_rows(h, params, jnp.asarray(q), table, jnp.asarray(teacher),
+                                         20))
+  hq = np.asarray(h.apply({"params": params}, jnp.asarray(q), method=hidx.HIndexer.embed_queries))
+  scores = hq @ np.asarray(table).T
+  for b in range(6):
+    scores[b, teacher[b]] = -np.inf
+    np.testing.assert_array_equal(np.sort(rows[b]), np.sort(np.argsort(-scores[b])[:20]))
+    assert not set(rows[b]) & set(teacher[b])
+
+
+def test_fit_hindexer_with_mined_hard_negatives_improves_stage1_recall():
+  index, items = _small_index()
+  queries, test_q = _rand(18, (256, D_Q)), _rand(19, (32, D_Q))
+  ref, _ = index.exact_mol_topk(test_q, 10)
+  fitted = index.fit_hindexer(queries, items, hidx.HIndexer(dim=16, hidden=32), teacher_k=10,
+                              steps=150, batch_size=64, num_negatives=64, learning_rate=1e-2,
+                              num_hard_negatives=20, mine_every=50)
+  ids, _ = fitted.stage1(test_q, 30, "hindexer")
+  recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, ref)])
+  assert recall > 0.25, recall                                     # random towers: ~0.10
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(num_hard_negatives=-1), "num_hard_negatives"),
+                                           (dict(num_hard_negatives=10 ** 6), "num_hard_negatives"),
+                                           (dict(num_hard_negatives=4, mine_every=0), "mine_every")])
+def test_fit_hindexer_rejects_bad_mining_settings(kwargs, match):
+  index, items = _small_index()
+  with pytest.raises(ValueError, match=match):
+    index.fit_hindexer(_rand(18, (16, D_Q)), items, hidx.HIndexer(dim=4), teacher_k=5, steps=1,
+                       **kwargs)
+
+
 # ----------------------------------------------------------------------------- multi-probe
 
 

@@ -178,6 +178,7 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
                  teacher_rows: Array | np.ndarray, *, steps: int = 300, batch_size: int = 128,
                  num_negatives: int = 512, learning_rate: float = 3e-3,
                  temperature: float = 0.05, teacher_temperature: float = 1.0,
+                 num_hard_negatives: int = 0, mine_every: int = 250,
                  seed: int = 0, params=None, log: Callable[[str], None] | None = None):
   """Trains stage-1 towers post hoc by distillation from MoL.
 
@@ -185,6 +186,11 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
   followed by `num_negatives` uniformly sampled rows (shared by the batch); the loss is the
   cross-entropy between softmax(MoL scores / teacher_temperature) and
   softmax(stage-1 cosine / temperature) over that list.
+
+  With `num_hard_negatives` H > 0 each query's list also holds its H stage-1 top rows outside
+  its teacher rows, mined with the towers of the last refresh (every `mine_every` steps): the
+  items the student ranks high now, scored by MoL like the rest, so the fit learns where the
+  dot product disagrees with MoL instead of only separating the teacher's top from random items.
 
   Args:
     hindexer: the towers.
@@ -196,6 +202,8 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
     steps, batch_size, num_negatives, learning_rate: the Adam schedule.
     temperature: stage-1 softmax temperature.
     teacher_temperature: MoL softmax temperature (MoL logits already include 1/tau).
+    num_hard_negatives: H, student-mined rows per query (0: none).
+    mine_every: steps between two refreshes of the mined rows.
     seed: RNG seed.
     params: initial params (default: fresh init).
     log: optional progress callback.
@@ -209,6 +217,11 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
   m, n = queries.shape[0], items.shape[0]
   if teacher_rows.ndim != 2 or teacher_rows.shape[0] != m:
     raise ValueError(f"teacher_rows must be (M={m}, T), got shape {teacher_rows.shape}")
+  if not 0 <= num_hard_negatives <= n - teacher_rows.shape[1]:
+    raise ValueError(f"num_hard_negatives must be in [0, N - T = {n - teacher_rows.shape[1]}], "
+                     f"got {num_hard_negatives}")
+  if mine_every < 1:
+    raise ValueError(f"mine_every must be >= 1, got {mine_every}")
   rng = jax.random.key(seed)
   init_rng, rng = jax.random.split(rng)
   if params is None:
@@ -217,12 +230,23 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
   opt_state = tx.init(params)
   b = min(batch_size, m)
 
+  embed_items = jax.jit(lambda p, x: hindexer.apply({"params": p}, x,
+                                                   method=HIndexer.embed_items))
+  mine = jax.jit(lambda p, q, table, top: _mine_hard_rows(hindexer, p, q, table, top,
+                                                           num_hard_negatives))
+
+  def mine_all(params):
+    table = jnp.concatenate([embed_items(params, items[s:s + 65536])
+                             for s in range(0, n, 65536)])
+    return jnp.concatenate([mine(params, queries[s:s + 256], table, teacher_rows[s:s + 256])
+                            for s in range(0, m, 256)])
+
   @jax.jit
-  def step(params, opt_state, i):
+  def step(params, opt_state, i, hard_rows):
     qrng, nrng = jax.random.split(jax.random.fold_in(rng, i))
     qi = jax.random.choice(qrng, m, (b,), replace=False)
     negs = jax.random.randint(nrng, (num_negatives,), 0, n)
-    top = teacher_rows[qi]                                                  # (b, T)
+    top = jnp.concatenate([teacher_rows[qi], hard_rows[qi]], axis=-1)      # (b, T + H)
     rows = jnp.concatenate([top, jnp.broadcast_to(negs, (b, num_negatives))], axis=-1)
     q = queries[qi]
     target = jax.nn.softmax(mol_scores_fn(q, rows).astype(jnp.float32) / teacher_temperature)
@@ -240,8 +264,21 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
+  hard_rows = jnp.zeros((m, 0), jnp.int32)
   for i in range(steps):
-    params, opt_state, loss = step(params, opt_state, i)
+    if num_hard_negatives and i % mine_every == 0:
+      hard_rows = mine_all(params)
+    params, opt_state, loss = step(params, opt_state, i, hard_rows)
     if log is not None and (i + 1) % max(1, steps // 5) == 0:
       log(f"fit_hindexer step {i + 1}/{steps}: loss {float(loss):.4f}")
   return params
+
+
+def _mine_hard_rows(hindexer: HIndexer, params, queries: Array, table: Array,
+                    teacher_rows: Array, num: int) -> Array:
+  """(b, num) int32: each query's stage-1 top rows of the (N, dim) item embeddings `table`,
+  its `teacher_rows` excluded."""
+  hq = hindexer.apply({"params": params}, queries, method=HIndexer.embed_queries)
+  scores = hindexer.score(hq, table, "bd,nd->bn")
+  scores = jax.vmap(lambda s, t: s.at[t].set(-jnp.inf))(scores, teacher_rows)
+  return jax.lax.top_k(scores, num)[1].astype(jnp.int32)
