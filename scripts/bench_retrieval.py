@@ -88,6 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hindexer_teacher_k_prime", type=int, default=0,
                  help="teacher lists from a two-stage 'avg' retrieve with this k' instead "
                       "of the exact MoL scan of the fit pool (0: exact)")
+  p.add_argument("--hindexer_hard_negatives", type=int, default=0,
+                 help="student-mined hard rows per fit query (fit_hindexer's "
+                      "num_hard_negatives; 0: off). On the MoL s0 checkpoint 256 raised stage-1 "
+                      "recall@100 at k'=1000 from 0.845 to 0.858 and left k'>=5000 unchanged")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--readme", default="",
                  help="also rewrite this README's retrieval block from the results")
@@ -291,7 +295,8 @@ def main(argv=None) -> None:
     fitted = base.fit_hindexer(train_q, train_items, hindexer, teacher_k=64,
                                teacher_k_prime=args.hindexer_teacher_k_prime or None,
                                steps=args.hindexer_steps, batch_size=128, num_negatives=1024,
-                               learning_rate=3e-3, log=print)
+                               learning_rate=3e-3,
+                               num_hard_negatives=args.hindexer_hard_negatives, log=print)
     h_params = fitted.arrays.hindexer_params
     print(f"h-indexer distilled in {time.time() - t:.0f}s")
 
@@ -308,7 +313,7 @@ def main(argv=None) -> None:
                   queries=int(len(train_q)), prefix_queries=args.hindexer_prefix_queries,
                   pool=args.hindexer_pool, dim=args.hindexer_dim,
                   hidden=args.hindexer_hidden, probes=args.hindexer_probes,
-                  steps=args.hindexer_steps,
+                  steps=args.hindexer_steps, hard_negatives=args.hindexer_hard_negatives,
                   teacher_k_prime=args.hindexer_teacher_k_prime or "exact"))
   qb = jnp.asarray(queries)
   for pool, n, real_items in pool_list:

@@ -29,7 +29,7 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   n = 400
   bench.main([f"--pool_sizes={n}", "--ks=10", f"--k_primes=50,{n}", "--batch=8",
               "--quantizations=fp32,int8", "--hindexer_steps=3", "--hindexer_pool=300",
-              "--hindexer_teacher_k_prime=100",
+              "--hindexer_teacher_k_prime=100", "--hindexer_hard_negatives=16",
               "--repeats=1", f"--out_dir={tmp_path}"])
   recall = _rows(tmp_path / "retrieval_recall.csv")
   assert list(recall[0]) == ["pool", "generator", "quantization", "pool_size", "k", "k_prime",
@@ -46,6 +46,7 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   assert all(float(r["qps"]) > 0 for r in tput)
   info = json.loads((tmp_path / "machine.json").read_text())
   assert info["topk_backend"] and info["stage1_backend_qps"]
+  assert info["hindexer_fit"]["hard_negatives"] == 16
   assert (tmp_path / "fig3a_relative_recall.png").stat().st_size > 0
   assert (tmp_path / "fig3b_throughput.png").stat().st_size > 0
 
