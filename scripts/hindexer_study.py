@@ -133,6 +133,19 @@ def union_recall(h_ranks: np.ndarray, a_ranks: np.ndarray, k_prime: int,
   return float(np.mean((h_ranks < k_prime - n_avg) | (a_ranks < n_avg)))
 
 
+def recall_by_mol_rank(ranks: np.ndarray, k_primes: list[int],
+                       edges: tuple[int, ...] = (0, 10, 50, 100, 1000)) -> dict:
+  """{'a-b': {k': stage-1 recall of the exact MoL items ranked a..b-1}}: which of the MoL top
+  items the stage-1 dot product misses (columns of `ranks` are in MoL rank order)."""
+  out = {}
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    part = ranks[:, lo:min(hi, ranks.shape[1])]
+    if part.size:
+      out[f"{lo}-{min(hi, ranks.shape[1]) - 1}"] = {
+          str(kp): round(float(np.mean(part < kp)), 4) for kp in k_primes}
+  return out
+
+
 def main(argv=None) -> None:
   args = parse_args(argv)
   src = load_source(args.checkpoint, args.seed)
@@ -176,7 +189,8 @@ def main(argv=None) -> None:
                          prefix_queries=args.prefix_queries,
                          num_hard_negatives=args.num_hard_negatives, mine_every=args.mine_every),
                 fit_seconds=round(fit_s, 1), stage1_recall_at_k_prime=recall,
-                median_rank=float(np.median(r)), p99_rank=float(np.percentile(r, 99)))
+                median_rank=float(np.median(r)), p99_rank=float(np.percentile(r, 99)),
+                recall_by_mol_rank=recall_by_mol_rank(r, _ints(args.k_primes)))
   if union:
     record["union_avg_recall_at_k_prime"] = union         # {avg fraction: {k': recall}}
   print(json.dumps(record))
