@@ -37,3 +37,14 @@ def test_union_recall_counts_an_item_found_by_either_list():
              for b in range(50)]
     assert study.union_recall(h, a, k_prime, f) == np.mean(found)
   assert study.union_recall(h, a, 100, 0.0) == np.mean(h < 100)
+
+
+def test_recall_by_mol_rank_splits_the_columns_by_mol_rank():
+  study = _load_script()
+  rng = np.random.default_rng(2)
+  ranks = rng.integers(0, 5000, (30, 100))
+  got = study.recall_by_mol_rank(ranks, [1000, 4000])
+  assert list(got) == ["0-9", "10-49", "50-99"]
+  for name, (lo, hi) in {"0-9": (0, 10), "10-49": (10, 50), "50-99": (50, 100)}.items():
+    for kp in (1000, 4000):
+      assert got[name][str(kp)] == round(float(np.mean(ranks[:, lo:hi] < kp)), 4)
