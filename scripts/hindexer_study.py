@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_retrieval import load_source, prefix_queries, sample  # noqa: E402
-from jaxret.retrieval.hindexer import HIndexer  # noqa: E402
+from jaxret.retrieval.hindexer import HIndexer, embed_item_table  # noqa: E402
 from jaxret.retrieval.index import MoLIndex  # noqa: E402
 
 
@@ -95,11 +95,9 @@ def eval_set(args, src, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def stage1_ranks(hindexer, h_params, queries: np.ndarray, items: np.ndarray,
                  top: np.ndarray) -> np.ndarray:
   """(B, k) 0-based h-indexer rank (among all N items) of each exact MoL top-k item."""
-  emb_i = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_items))
-  emb_q = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_queries))
-  table = jnp.concatenate([emb_i(h_params, jnp.asarray(items[s:s + 65536]))
-                           for s in range(0, len(items), 65536)])
-  return dot_ranks(emb_q(h_params, jnp.asarray(queries)), table, top)
+  emb_q = hindexer.apply({"params": h_params}, jnp.asarray(queries),
+                         method=HIndexer.embed_queries)
+  return dot_ranks(emb_q, embed_item_table(hindexer, h_params, items), top)
 
 
 def avg_ranks(index: MoLIndex, queries: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -139,9 +137,10 @@ def recall_by_mol_rank(ranks: np.ndarray, k_primes: list[int],
   items the stage-1 dot product misses (columns of `ranks` are in MoL rank order)."""
   out = {}
   for lo, hi in zip(edges[:-1], edges[1:]):
-    part = ranks[:, lo:min(hi, ranks.shape[1])]
+    hi = min(hi, ranks.shape[1])
+    part = ranks[:, lo:hi]
     if part.size:
-      out[f"{lo}-{min(hi, ranks.shape[1]) - 1}"] = {
+      out[f"{lo}-{hi - 1}"] = {
           str(kp): round(float(np.mean(part < kp)), 4) for kp in k_primes}
   return out
 

@@ -518,3 +518,15 @@ def test_exact_mol_topk_with_the_pallas_kernel_equals_xla():
     index.with_options(exact_kernel="pallas", mol_dtype="bf16")
   with pytest.raises(ValueError, match="needs a gated MoL head"):
     _small_index(gating=False)[0].with_options(exact_kernel="pallas")
+
+
+def test_embed_item_table_chunked_matches_one_call():
+  hindexer = hidx.HIndexer(dim=8, hidden=16)
+  params = hidx.init_hindexer(hindexer, 12, 10, jax.random.key(0))
+  items = np.random.default_rng(0).normal(size=(37, 10)).astype(np.float32)
+  whole = hindexer.apply({"params": params}, items, method=hidx.HIndexer.embed_items)
+  for chunk in (1, 5, 37, 100):
+    table = hidx.embed_item_table(hindexer, params, items, chunk)
+    np.testing.assert_allclose(np.asarray(table), np.asarray(whole), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="chunk"):
+    hidx.embed_item_table(hindexer, params, items, 0)

@@ -16,6 +16,7 @@ items are spread over several component pairs, M probes of dim d/M cost the same
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -90,6 +91,22 @@ class HIndexer(nn.Module):
   def __call__(self, queries: Array, items: Array) -> tuple[Array, Array]:
     """Both towers: ((..., dim), (..., dim)); used by `init`."""
     return self.embed_queries(queries), self.embed_items(items)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _embed_items(hindexer: HIndexer, params, items: Array) -> Array:
+  return hindexer.apply({"params": params}, items, method=HIndexer.embed_items)
+
+
+def embed_item_table(hindexer: HIndexer, params, item_vectors: Array | np.ndarray,
+                     chunk: int = 65536) -> Array:
+  """(N, dim) stage-1 embeddings of the (N, D_I) item vectors (host or device), `chunk`
+  rows per call so the towers' hidden activations stay bounded for any N."""
+  if chunk < 1:
+    raise ValueError(f"chunk must be >= 1, got {chunk}")
+  n = item_vectors.shape[0]
+  return jnp.concatenate([_embed_items(hindexer, params, jnp.asarray(item_vectors[s:s + chunk]))
+                          for s in range(0, n, chunk)])
 
 
 def init_hindexer(hindexer: HIndexer, query_dim: int, item_dim: int, rng: Array):
@@ -230,14 +247,11 @@ def fit_hindexer(hindexer: HIndexer, query_vectors: Array | np.ndarray,
   opt_state = tx.init(params)
   b = min(batch_size, m)
 
-  embed_items = jax.jit(lambda p, x: hindexer.apply({"params": p}, x,
-                                                   method=HIndexer.embed_items))
   mine = jax.jit(lambda p, q, table, top: _mine_hard_rows(hindexer, p, q, table, top,
                                                            num_hard_negatives))
 
   def mine_all(params):
-    table = jnp.concatenate([embed_items(params, items[s:s + 65536])
-                             for s in range(0, n, 65536)])
+    table = embed_item_table(hindexer, params, items)
     return jnp.concatenate([mine(params, queries[s:s + 256], table, teacher_rows[s:s + 256])
                             for s in range(0, m, 256)])
 

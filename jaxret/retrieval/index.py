@@ -39,7 +39,7 @@ from flax import traverse_util
 from jaxret.kernels import mol_pallas
 from jaxret.models.heads import MoLHead, MoLItemSide, MoLQuerySide
 from jaxret.retrieval import topk as topk_lib
-from jaxret.retrieval.hindexer import HIndexer, fit_hindexer
+from jaxret.retrieval.hindexer import HIndexer, embed_item_table, fit_hindexer
 from jaxret.retrieval.quantization import QUANTIZATIONS, QuantizedTable, quantize
 
 Array = jax.Array
@@ -201,11 +201,7 @@ class MoLIndex:
     if hindexer is not None:
       if hindexer_params is None:
         raise ValueError("hindexer given without hindexer_params")
-      emb_fn = jax.jit(lambda p, x: hindexer.apply({"params": p}, x,
-                                                  method=HIndexer.embed_items))
-      h_items = jnp.asarray(np.concatenate(
-          [np.asarray(emb_fn(hindexer_params, jnp.asarray(items[s:s + chunk], jnp.float32)))
-           for s in range(0, n, chunk)]))
+      h_items = embed_item_table(hindexer, hindexer_params, items, chunk)
     arrays = _make_arrays(jnp.asarray(ids), components, gate, head_params, h_items,
                           hindexer_params, quantization)
     return cls(head, arrays, hindexer, quantization, **kwargs)
@@ -245,16 +241,14 @@ class MoLIndex:
   def with_hindexer(self, hindexer: HIndexer, hindexer_params,
                     item_vectors: Array | np.ndarray, chunk: int = 8192) -> "MoLIndex":
     """A copy whose 'hindexer' generator uses the given towers over (N, D_I) item vectors."""
-    items = np.asarray(item_vectors, np.float32)
-    emb_fn = jax.jit(lambda p, x: hindexer.apply({"params": p}, x, method=HIndexer.embed_items))
-    h_items = jnp.asarray(np.concatenate(
-        [np.asarray(emb_fn(hindexer_params, jnp.asarray(items[s:s + chunk])))
-         for s in range(0, items.shape[0], chunk)]))
+    h_items = embed_item_table(hindexer, hindexer_params,
+                               np.asarray(item_vectors, np.float32), chunk)
     a = self.arrays
     arrays = _make_arrays(a.item_ids, a.item_components, a.item_gate, a.head_params,
                           h_items, hindexer_params, self.quantization)
     return MoLIndex(self.head, arrays, hindexer, self.quantization, mol_dtype=self.mol_dtype,
-                    backend=self.backend_choice, recall_target=self.recall_target)
+                    backend=self.backend_choice, recall_target=self.recall_target,
+                    exact_kernel=self.exact_kernel)
 
   def fit_hindexer(self, query_vectors: Array | np.ndarray, item_vectors: Array | np.ndarray,
                    hindexer: HIndexer | None = None, teacher_k: int = 64,
