@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dim", type=int, default=64)
   p.add_argument("--hidden", type=int, default=128)
   p.add_argument("--num_probes", type=int, default=1, help="query probes (HIndexer.num_probes)")
+  p.add_argument("--unnormalized", action="store_true",
+                 help="stage-1 score is a raw inner product, not a cosine (HIndexer.normalize "
+                      "False); pair it with --temperature=1")
   p.add_argument("--steps", type=int, default=1500)
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--num_negatives", type=int, default=1024)
@@ -159,7 +162,8 @@ def main(argv=None) -> None:
   t = time.time()
   train_items = np.concatenate([sample(rng, args.pool, src.item_mean, src.item_chol),
                                 src.real_items])
-  hindexer = HIndexer(dim=args.dim, hidden=args.hidden, num_probes=args.num_probes)
+  hindexer = HIndexer(dim=args.dim, hidden=args.hidden, num_probes=args.num_probes,
+                      normalize=not args.unnormalized)
   base = MoLIndex.from_arrays(src.head, src.head_params, train_items)
   fitted = base.fit_hindexer(fit_q, train_items, hindexer, teacher_k=args.teacher_k,
                              steps=args.steps, batch_size=args.batch_size,
@@ -181,7 +185,8 @@ def main(argv=None) -> None:
                 checkpoint=str(args.checkpoint), eval_pool=args.eval_pool, k=args.k,
                 eval_queries=len(queries), fit_queries=len(fit_q),
                 fit=dict(pool=args.pool, dim=args.dim, hidden=args.hidden,
-                         num_probes=args.num_probes, steps=args.steps,
+                         num_probes=args.num_probes, normalize=not args.unnormalized,
+                         steps=args.steps,
                          batch_size=args.batch_size, num_negatives=args.num_negatives,
                          teacher_k=args.teacher_k, teacher_temperature=args.teacher_temperature,
                          temperature=args.temperature, learning_rate=args.learning_rate,
