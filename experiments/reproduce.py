@@ -205,7 +205,7 @@ def is_finished(workdir: Path) -> bool:
 
 # Fields that may change between invocations of one run without changing its numbers.
 _FREE_FIELDS = frozenset({"data_dir", "train.num_devices", "eval.batch_size",
-                          "eval.chunk_size"})
+                          "eval.chunk_size", "eval.max_buffered_scores"})
 
 
 def _patience_grows(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -126,7 +126,8 @@ def ranks_from_scores(scores: jax.Array, targets: jax.Array,
 def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
                   exclude_ids: Optional[jax.Array] = None,
                   chunk_size: int = 4096,
-                  target_scores: Optional[jax.Array] = None) -> jax.Array:
+                  target_scores: Optional[jax.Array] = None,
+                  max_buffered_scores: int = 1 << 25) -> jax.Array:
   """Same as `ranks_from_scores` but scores items chunk by chunk.
 
   Only `(B, C)` score blocks are ever live (C = chunk size), never `(B, N)`.
@@ -135,10 +136,13 @@ def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
   `jax.lax.fori_loop`. In the last chunk, ids past `num_items` are passed to
   `score_fn` as 0 (padding) and their scores are ignored.
 
-  If `target_scores` is None, a first pass over the chunks picks each target's
-  score out of its own chunk, so the counting pass compares values computed
-  by exactly the same code (no spurious mismatches from a differently-fused
-  dot product); this costs a second call of `score_fn` per chunk.
+  If `target_scores` is None, each target's score is picked out of its own
+  chunk, so the counting compares values computed by exactly the same code (no
+  spurious mismatches from a differently-fused dot product). When the `(B, N)`
+  scores fit in `max_buffered_scores` elements (e.g. 256 queries x 12k items
+  = 12 MB), every chunk is scored once and kept; above it a first pass finds
+  the target scores and the counting pass scores every chunk again (twice the
+  `score_fn` calls, `(B, C)` memory).
 
   Usage under jit (`score_fn` is a Python closure, i.e. static)::
 
@@ -158,6 +162,8 @@ def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
     target_scores: optional precomputed scores of the targets, same shape
       as `targets`. They must equal what `score_fn` returns for the targets
       bit for bit, or ties may be miscounted.
+    max_buffered_scores: keep all `(B, num_chunks * C)` scores when they
+      are at most this many elements (one scoring pass); 0 never buffers.
 
   Returns:
     int32 ranks, `(B,)` (or `(B, T)` for 2-D targets).
@@ -181,14 +187,24 @@ def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
   offsets = jnp.arange(chunk, dtype=jnp.int32)
   rows = jnp.arange(batch)[:, None]
 
-  def score_chunk(c):
+  def chunk_ids(c):
     start = 1 + c * chunk
     ids = start + offsets
-    valid = ids <= num_items
+    return start, ids, ids <= num_items
+
+  def score_chunk(c):
+    start, ids, valid = chunk_ids(c)
     return start, ids, valid, score_fn(jnp.where(valid, ids, 0))
 
   target_valid = (targets >= 1) & (targets <= num_items)
-  if target_scores is None:
+  buffered = None
+  if target_scores is None and batch * num_chunks * chunk <= max_buffered_scores:
+    buffered = jax.lax.map(lambda c: score_chunk(c)[3],
+                           jnp.arange(num_chunks, dtype=jnp.int32))  # (num_chunks, B, C)
+    at = jnp.clip(targets - 1, 0, num_items - 1)                  # id j+1: chunk j // C
+    picked = buffered[at // chunk, rows, at % chunk]
+    target_scores = jnp.where(target_valid, picked, jnp.nan)
+  elif target_scores is None:
     def find_body(c, found):
       start, _, _, scores = score_chunk(c)
       rel = targets - start
@@ -211,7 +227,10 @@ def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
     exclude_ids = _check_exclude(exclude_ids, batch)
 
   def count_body(c, counts):
-    start, ids, valid, scores = score_chunk(c)
+    if buffered is None:
+      start, ids, valid, scores = score_chunk(c)
+    else:
+      (start, ids, valid), scores = chunk_ids(c), buffered[c]
     candidate = jnp.broadcast_to(valid, (batch, chunk))
     if exclude_ids is not None:
       rel = exclude_ids - start

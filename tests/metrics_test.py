@@ -104,31 +104,50 @@ def test_ranks_hand_example():
                             chunk_size=3), [1, 0, 2])
 
 
-@functools.partial(jax.jit, static_argnames="chunk_size")
-def _jitted_chunked(scores, targets, exclude, target_scores, chunk_size):
-  """chunked_ranks over a full score matrix; compiled once per chunk size."""
+@functools.partial(jax.jit, static_argnames=("chunk_size", "max_buffered"))
+def _jitted_chunked(scores, targets, exclude, target_scores, chunk_size, max_buffered):
+  """chunked_ranks over a full score matrix; compiled once per chunk size and path."""
   return metrics.chunked_ranks(column_score_fn(scores), targets,
                                scores.shape[1] - 1, exclude,
                                chunk_size=chunk_size,
-                               target_scores=target_scores)
+                               target_scores=target_scores,
+                               max_buffered_scores=max_buffered)
 
 
+# max_buffered 0: two scoring passes; 1 << 25: every chunk scored once and kept.
+@pytest.mark.parametrize("max_buffered", [0, 1 << 25])
 @pytest.mark.parametrize("chunk_size", [1, 5, 7, 23, 100])
-def test_chunked_ranks_matches_brute_force(chunk_size):
+def test_chunked_ranks_matches_brute_force(chunk_size, max_buffered):
   for seed in range(4):
     scores, targets, exclude = make_case(seed)
     want = brute_ranks(scores, targets, exclude)
-    got = _jitted_chunked(scores, targets, exclude, None, chunk_size)
+    got = _jitted_chunked(scores, targets, exclude, None, chunk_size, max_buffered)
     assert got.shape == targets.shape and got.dtype == jnp.int32
     np.testing.assert_array_equal(got, want, err_msg=f"seed {seed}")
     target_scores = np.take_along_axis(scores, targets[:, None], 1)[:, 0]
     got_ts = _jitted_chunked(scores, targets, exclude, target_scores,
-                             chunk_size)
+                             chunk_size, max_buffered)
     np.testing.assert_array_equal(got_ts, want, err_msg=f"seed {seed}")
   # Eagerly (outside jit) too.
   np.testing.assert_array_equal(
       metrics.chunked_ranks(column_score_fn(scores), targets, 23, exclude,
-                            chunk_size=chunk_size), want)
+                            chunk_size=chunk_size, max_buffered_scores=max_buffered), want)
+
+
+def test_chunked_ranks_scores_each_chunk_once_when_buffered():
+  scores, targets, exclude = make_case(2)
+  for max_buffered, passes in [(0, 2), (1 << 25, 1)]:
+    calls = []
+
+    def counting_score_fn(ids, calls=calls):  # a new function each time: no trace cache
+      calls.append(ids.shape)
+      return column_score_fn(scores)(ids)
+
+    jax.jit(lambda t, e: metrics.chunked_ranks(
+        counting_score_fn, t, 23, e, chunk_size=5,
+        max_buffered_scores=max_buffered)).lower(targets, exclude)
+    # eval_shape's check + one trace per scoring loop.
+    assert len(calls) == 1 + passes, (max_buffered, calls)
 
 
 def test_chunked_ranks_without_exclusion():
@@ -265,14 +284,21 @@ def test_chunked_ranks_never_materialises_full_scores():
   targets = jnp.ones((batch,), jnp.int32)
   exclude = jnp.zeros((batch, 5), jnp.int32)
 
-  def run(queries, item_emb, targets, exclude):
-    return metrics.chunked_ranks(lambda ids: queries @ item_emb[ids].T,
-                                 targets, num_items, exclude, chunk_size=chunk)
+  def largest(max_buffered):
+    def run(queries, item_emb, targets, exclude):
+      return metrics.chunked_ranks(lambda ids: queries @ item_emb[ids].T,
+                                   targets, num_items, exclude, chunk_size=chunk,
+                                   max_buffered_scores=max_buffered)
 
-  closed = jax.make_jaxpr(run)(queries, item_emb, targets, exclude)
-  sizes = [math.prod(getattr(a, "shape", ())) for a in _all_avals(closed.jaxpr)]
-  assert sizes
-  assert max(sizes) < batch * num_items
+    closed = jax.make_jaxpr(run)(queries, item_emb, targets, exclude)
+    sizes = [math.prod(getattr(a, "shape", ())) for a in _all_avals(closed.jaxpr)]
+    assert sizes
+    return max(sizes)
+
+  padded = batch * (-(-num_items // chunk)) * chunk       # the buffered (B, N) scores
+  assert largest(0) < batch * num_items
+  assert largest(padded - 1) < batch * num_items           # over the budget: not buffered
+  assert largest(padded) >= batch * num_items              # within it: kept
   # Sanity check of the checker: the dense version does materialise it.
   dense = jax.make_jaxpr(lambda q, e, t, x: metrics.ranks_from_scores(
       q @ e.T, t, x))(queries, item_emb, targets, exclude)

@@ -436,3 +436,36 @@ def test_encoder_update_options_are_validated(tiny_dir):
     config = tiny_config(tiny_dir, **{field: value})
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
       train.validate_config(config)
+
+
+def test_eval_chunk_and_buffer_settings_leave_the_metrics_unchanged(tiny_dir):
+  """Full ranking gives the same metrics whatever the item chunk and whether a batch's
+  scores are kept (one scoring pass) or recomputed (two passes); -1 picks a chunk per head."""
+  config = tiny_config(tiny_dir, head="mol")
+  seqs, split = train.load_data(config)
+  model = train.build_model(config, seqs.num_items)
+  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
+  mesh = sharding.make_mesh(1)
+  batches = data_lib.EvalBatches(seqs, split.eval_examples("test"), config.max_len, 16)
+
+  def run(chunk, buffered):
+    c = tiny_config(tiny_dir, head="mol", **{"eval.chunk_size": chunk,
+                                             "eval.max_buffered_scores": buffered})
+    train.validate_config(c)
+    step = jax.jit(train.make_eval_step(model, c, seqs.num_items))
+    return train.evaluate(step, state.params, batches, mesh, "test")
+
+  want = run(7, 0)
+  for chunk, buffered in ((7, 1 << 25), (-1, 0), (-1, 1 << 25), (4096, 1 << 25)):
+    got = run(chunk, buffered)
+    assert got.keys() == want.keys()
+    for k in want:
+      assert got[k] == pytest.approx(want[k], abs=1e-6), (chunk, buffered, k)
+  auto = {"eval.chunk_size": -1}
+  assert train.eval_chunk_size(tiny_config(tiny_dir, head="mol", **auto)) == 64
+  assert train.eval_chunk_size(tiny_config(tiny_dir, head="dot", **auto)) == 4096
+  assert train.eval_chunk_size(tiny_config(tiny_dir, head="mol")) == 16   # as set
+  for field, value in (("eval.chunk_size", 0), ("eval.chunk_size", -2),
+                       ("eval.max_buffered_scores", -1)):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+      train.validate_config(tiny_config(tiny_dir, **{field: value}))

@@ -85,7 +85,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.patience = 10  # evaluations without improvement before stopping (0 = never stop)
   c.eval.ks = (1, 10, 50, 200, 500)
   c.eval.exclude_history = True  # drop items of the query's history from the ranking
-  c.eval.chunk_size = 4096  # items scored at once in full ranking
+  # Items scored at once in full ranking; -1 = per head (train.eval_chunk_size).
+  c.eval.chunk_size = -1
+  # Full ranking keeps a batch's (B, N) scores when they fit in this many elements (each item
+  # scored once); above it every chunk is scored twice (target scores, then ranks).
+  c.eval.max_buffered_scores = 1 << 25
   c.eval.max_valid_examples = 0  # 0 = all; else a fixed random subset for validation
   # 0 = full ranking; S > 0 = the expected metrics of ranking each target against S
   # uniformly sampled candidates instead (an older protocol; exact, no sampling noise).
