@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--mine_every", type=int, default=250, help="steps between two minings")
   p.add_argument("--prefix_queries", type=int, default=0,
                  help="extra fit queries from earlier positions of the fit users' histories")
+  p.add_argument("--gaussian_queries", type=int, default=0,
+                 help="extra fit queries drawn from a Gaussian with the mean and covariance "
+                      "of the fit's real queries (more, more varied queries for the towers)")
   p.add_argument("--fit_query_recall", type=int, default=0,
                  help="also measure the stage-1 recall on this many of the fit's own queries "
                       "(the query side's train recall: a gap to the held-out recall is "
@@ -78,6 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _ints(s: str) -> list[int]:
   return [int(float(x)) for x in s.split(",") if x]
+
+
+def gaussian_like(rng, x: np.ndarray, n: int) -> np.ndarray:
+  """(n, D) float32 draws from the Gaussian with the mean and covariance of the rows of x."""
+  mean = x.mean(axis=0)
+  cov = np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])
+  return sample(rng, n, mean, np.linalg.cholesky(cov))
 
 
 def eval_set(args, src, queries: np.ndarray,
@@ -163,6 +173,9 @@ def main(argv=None) -> None:
   if args.prefix_queries > 0:
     fit_q = np.concatenate([fit_q, prefix_queries(src, perm[args.batch:], args.prefix_queries,
                                                   rng)])
+  real_fit_q = fit_q
+  if args.gaussian_queries > 0:
+    fit_q = np.concatenate([fit_q, gaussian_like(rng, real_fit_q, args.gaussian_queries)])
   items, top = eval_set(args, src, queries)
 
   t = time.time()
@@ -183,7 +196,7 @@ def main(argv=None) -> None:
   recall = {str(kp): round(float(np.mean(r < kp)), 4) for kp in _ints(args.k_primes)}
   fit_recall = {}
   if args.fit_query_recall > 0:
-    seen = fit_q[:args.fit_query_recall]
+    seen = real_fit_q[:args.fit_query_recall]
     _, seen_top = eval_set(args, src, seen, tag=f"|fit{len(seen)}")
     r_seen = stage1_ranks(hindexer, fitted.arrays.hindexer_params, seen, items, seen_top)
     fit_recall = {str(kp): round(float(np.mean(r_seen < kp)), 4) for kp in _ints(args.k_primes)}
@@ -203,6 +216,7 @@ def main(argv=None) -> None:
                          teacher_k=args.teacher_k, teacher_temperature=args.teacher_temperature,
                          temperature=args.temperature, learning_rate=args.learning_rate,
                          prefix_queries=args.prefix_queries,
+                         gaussian_queries=args.gaussian_queries,
                          num_hard_negatives=args.num_hard_negatives, mine_every=args.mine_every),
                 fit_seconds=round(fit_s, 1), stage1_recall_at_k_prime=recall,
                 median_rank=float(np.median(r)), p99_rank=float(np.percentile(r, 99)),

@@ -48,3 +48,14 @@ def test_recall_by_mol_rank_splits_the_columns_by_mol_rank():
   for name, (lo, hi) in {"0-9": (0, 10), "10-49": (10, 50), "50-99": (50, 100)}.items():
     for kp in (1000, 4000):
       assert got[name][str(kp)] == round(float(np.mean(ranks[:, lo:hi] < kp)), 4)
+
+
+def test_gaussian_like_matches_the_mean_and_covariance():
+  study = _load_script()
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((500, 4)) @ np.array([[2., 0, 0, 0], [1, 1, 0, 0], [0, 0, .5, 0],
+                                                 [0, 0, 1, 3]]) + 5
+  draws = study.gaussian_like(np.random.default_rng(4), x, 200_000)
+  assert draws.shape == (200_000, 4) and draws.dtype == np.float32
+  np.testing.assert_allclose(draws.mean(0), x.mean(0), atol=0.05)
+  np.testing.assert_allclose(np.cov(draws, rowvar=False), np.cov(x, rowvar=False), atol=0.1)
