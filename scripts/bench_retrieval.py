@@ -85,6 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hindexer_prefix_queries", type=int, default=0,
                  help="with --checkpoint: add this many training queries drawn from the "
                       "earlier positions of the fit users' histories (encoder outputs)")
+  p.add_argument("--hindexer_gaussian_queries", type=int, default=0,
+                 help="with --checkpoint: add this many training queries drawn from a Gaussian "
+                      "with the mean and covariance of the fit users' queries "
+                      "(results/diagnostics/hindexer_study.jsonl: +20,000 raised held-out "
+                      "stage-1 recall@100 at k'=10k 0.975 -> 0.981)")
   p.add_argument("--hindexer_teacher_k_prime", type=int, default=0,
                  help="teacher lists from a two-stage 'avg' retrieve with this k' instead "
                       "of the exact MoL scan of the fit pool (0: exact)")
@@ -170,6 +175,12 @@ def sample(rng, n: int, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
     z = rng.standard_normal((min(1 << 18, n - s), mean.shape[0]))
     out[s:s + z.shape[0]] = z @ chol.T + mean
   return out
+
+
+def gaussian_like(rng, x: np.ndarray, n: int) -> np.ndarray:
+  """(n, D) float32 draws from the Gaussian with the mean and covariance of the rows of x."""
+  cov = np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])
+  return sample(rng, n, x.mean(axis=0), np.linalg.cholesky(cov))
 
 
 def prefix_queries(src: Source, users: np.ndarray, n: int, rng) -> np.ndarray:
@@ -276,6 +287,9 @@ def main(argv=None) -> None:
     if args.hindexer_prefix_queries > 0:
       fit_queries = np.concatenate([fit_queries, prefix_queries(
           src, perm[args.batch:], args.hindexer_prefix_queries, rng)])
+    if args.hindexer_gaussian_queries > 0:
+      fit_queries = np.concatenate([fit_queries, gaussian_like(
+          rng, src.queries[perm[args.batch:]], args.hindexer_gaussian_queries)])
   else:
     queries = sample(rng, args.batch, src.item_mean, src.item_chol)
 
@@ -311,6 +325,7 @@ def main(argv=None) -> None:
               throughput_generator=args.throughput_generator,
               hindexer_fit=None if h_params is None else dict(
                   queries=int(len(train_q)), prefix_queries=args.hindexer_prefix_queries,
+                  gaussian_queries=args.hindexer_gaussian_queries,
                   pool=args.hindexer_pool, dim=args.hindexer_dim,
                   hidden=args.hindexer_hidden, probes=args.hindexer_probes,
                   steps=args.hindexer_steps, hard_negatives=args.hindexer_hard_negatives,

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_retrieval import load_source, prefix_queries, sample  # noqa: E402
+from bench_retrieval import gaussian_like, load_source, prefix_queries, sample  # noqa: E402
 from jaxret.retrieval.hindexer import HIndexer, embed_item_table  # noqa: E402
 from jaxret.retrieval.index import MoLIndex  # noqa: E402
 
@@ -81,13 +81,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _ints(s: str) -> list[int]:
   return [int(float(x)) for x in s.split(",") if x]
-
-
-def gaussian_like(rng, x: np.ndarray, n: int) -> np.ndarray:
-  """(n, D) float32 draws from the Gaussian with the mean and covariance of the rows of x."""
-  mean = x.mean(axis=0)
-  cov = np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])
-  return sample(rng, n, mean, np.linalg.cholesky(cov))
 
 
 def eval_set(args, src, queries: np.ndarray,
