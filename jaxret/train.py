@@ -399,17 +399,23 @@ def make_eval_step(model: RetrievalModel, config: ml_collections.ConfigDict,
   return make_ranking_eval_step(batch_scorer, config, num_items)
 
 
-# Full-ranking item chunk per head (scripts/bench_eval.py, 2-core CPU, 256 queries, one
-# scoring pass): MoL on Beauty's 12k items 1.67 s per batch at 4096 -> 0.62 s at 64; MLP on
-# ml-1m-half 0.78 -> 0.41 s at 64; NeuralFM 0.21 -> 0.12 s at 256; dot and FM fastest at 4096.
-EVAL_CHUNKS = {"mol": 64, "mlp": 64, "neural_fm": 256}
+# Full-ranking item chunk per head on CPU (scripts/bench_eval.py, 2-core CPU, 256 queries,
+# one scoring pass): MoL on Beauty's 12k items 1.67 s per batch at 4096 -> 0.62 s at 64; MLP
+# on ml-1m-half 0.78 -> 0.41 s at 64; NeuralFM 0.21 -> 0.12 s at 256; dot and FM fastest at
+# 4096. Accelerators (not measured) keep 4096: small chunks would serialise tiny kernels.
+EVAL_CHUNKS_CPU = {"mol": 64, "mlp": 64, "neural_fm": 256}
 EVAL_CHUNK_DEFAULT = 4096
 
 
 def eval_chunk_size(config: ml_collections.ConfigDict) -> int:
-  """`config.eval.chunk_size`, or with -1 (auto) the head's entry of EVAL_CHUNKS."""
+  """`config.eval.chunk_size`, or with -1 (auto) the head's entry of EVAL_CHUNKS_CPU on CPU
+  and EVAL_CHUNK_DEFAULT elsewhere."""
   chunk = int(config.eval.chunk_size)
-  return EVAL_CHUNKS.get(config.head, EVAL_CHUNK_DEFAULT) if chunk == -1 else chunk
+  if chunk != -1:
+    return chunk
+  if jax.default_backend() != "cpu":
+    return EVAL_CHUNK_DEFAULT
+  return EVAL_CHUNKS_CPU.get(config.head, EVAL_CHUNK_DEFAULT)
 
 
 def make_ranking_eval_step(batch_scorer: Callable[[Any, dict], metrics_lib.ScoreFn],
