@@ -123,11 +123,15 @@ def ranks_from_scores(scores: jax.Array, targets: jax.Array,
   return ranks[:, 0] if squeeze else ranks
 
 
+# Default of chunked_ranks' max_buffered_scores (and of --config.eval.max_buffered_scores).
+MAX_BUFFERED_SCORES = 1 << 25
+
+
 def chunked_ranks(score_fn: ScoreFn, targets: jax.Array, num_items: int,
                   exclude_ids: Optional[jax.Array] = None,
                   chunk_size: int = 4096,
                   target_scores: Optional[jax.Array] = None,
-                  max_buffered_scores: int = 1 << 25) -> jax.Array:
+                  max_buffered_scores: int = MAX_BUFFERED_SCORES) -> jax.Array:
   """Same as `ranks_from_scores` but scores items chunk by chunk.
 
   Only `(B, C)` score blocks are ever live (C = chunk size), never `(B, N)`.

@@ -424,7 +424,7 @@ def make_ranking_eval_step(batch_scorer: Callable[[Any, dict], metrics_lib.Score
   `score_fn(ids (C,)) -> (B, C)` (e.g. `jaxret.baselines`' popularity)."""
   ks = eval_cutoffs(config, num_items)
   chunk = eval_chunk_size(config)
-  buffered = int(config.eval.get("max_buffered_scores", 1 << 25))
+  buffered = int(config.eval.get("max_buffered_scores", metrics_lib.MAX_BUFFERED_SCORES))
   sampled = int(config.eval.get("sampled_negatives", 0))
 
   def eval_step(params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -550,6 +550,11 @@ def prng_key(config: ml_collections.ConfigDict) -> jax.Array:
   return jax.random.key(config.seed, impl=config.get("prng_impl", DEFAULT_PRNG_IMPL))
 
 
+def _check_nonnegative_int(field: str, value: Any, hint: str = "") -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ConfigError(f"--config.{field} must be an integer >= 0{hint}, got {value!r}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks what can be checked without data, so a bad value fails before anything is read
   or written: names, positive sizes, cutoffs and the validation metric."""
@@ -567,19 +572,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("prng_impl", DEFAULT_PRNG_IMPL) not in PRNG_IMPLS:
     raise ConfigError(f"unknown --config.prng_impl {config.prng_impl!r}; valid names: "
                       f"{', '.join(PRNG_IMPLS)}")
-  frozen = config.train.get("freeze_encoder_epochs", 0)
-  if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
-    raise ConfigError(f"--config.train.freeze_encoder_epochs must be an integer >= 0, got "
-                      f"{frozen!r}")
+  _check_nonnegative_int("train.freeze_encoder_epochs",
+                         config.train.get("freeze_encoder_epochs", 0))
   scale = config.train.get("encoder_lr_scale", 1.0)
   if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
       math.isfinite(scale) and scale >= 0):
     raise ConfigError(f"--config.train.encoder_lr_scale must be a number >= 0 (1: the "
                       f"learning rate of the rest), got {scale!r}")
-  sampled = config.eval.get("sampled_negatives", 0)
-  if isinstance(sampled, bool) or not isinstance(sampled, int) or sampled < 0:
-    raise ConfigError(f"--config.eval.sampled_negatives must be an integer >= 0 (0: rank "
-                      f"against every item), got {sampled!r}")
+  _check_nonnegative_int("eval.sampled_negatives", config.eval.get("sampled_negatives", 0),
+                         " (0: rank against every item)")
   for field, value in (("train.batch_size", config.train.batch_size),
                        ("eval.batch_size", config.eval.batch_size),
                        ("train.epochs", config.train.epochs),
@@ -595,10 +596,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if isinstance(chunk, bool) or not isinstance(chunk, int) or (chunk < 1 and chunk != -1):
     raise ConfigError(f"--config.eval.chunk_size must be a positive integer or -1 (per head), "
                       f"got {chunk!r}")
-  buffered = config.eval.get("max_buffered_scores", 0)
-  if isinstance(buffered, bool) or not isinstance(buffered, int) or buffered < 0:
-    raise ConfigError(f"--config.eval.max_buffered_scores must be an integer >= 0 (0: score "
-                      f"every chunk twice, never keep a batch's scores), got {buffered!r}")
+  _check_nonnegative_int("eval.max_buffered_scores",
+                         config.eval.get("max_buffered_scores", metrics_lib.MAX_BUFFERED_SCORES),
+                         " (0: score every chunk twice, never keep a batch's scores)")
   ks = config.eval.ks
   ks = tuple(ks) if isinstance(ks, (tuple, list)) else (ks,)
   if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):

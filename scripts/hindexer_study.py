@@ -136,6 +136,11 @@ def dot_ranks(query_emb: jax.Array, table: jax.Array, top: np.ndarray) -> np.nda
   return np.concatenate(out)
 
 
+def recall_at(ranks: np.ndarray, k_primes: list[int]) -> dict[str, float]:
+  """{k': fraction of the exact MoL top-k items that stage 1 ranks within its top k'}."""
+  return {str(kp): round(float(np.mean(ranks < kp)), 4) for kp in k_primes}
+
+
 def union_recall(h_ranks: np.ndarray, a_ranks: np.ndarray, k_prime: int,
                  avg_fraction: float) -> float:
   """Recall of the union of the h-indexer's top (1 - f) k' and the 'avg' top f k'."""
@@ -186,13 +191,13 @@ def main(argv=None) -> None:
                              mine_every=args.mine_every, log=print)
   fit_s = time.time() - t
   r = stage1_ranks(hindexer, fitted.arrays.hindexer_params, queries, items, top)
-  recall = {str(kp): round(float(np.mean(r < kp)), 4) for kp in _ints(args.k_primes)}
+  recall = recall_at(r, _ints(args.k_primes))
   fit_recall = {}
   if args.fit_query_recall > 0:
     seen = real_fit_q[:args.fit_query_recall]
     _, seen_top = eval_set(args, src, seen, tag=f"|fit{len(seen)}")
     r_seen = stage1_ranks(hindexer, fitted.arrays.hindexer_params, seen, items, seen_top)
-    fit_recall = {str(kp): round(float(np.mean(r_seen < kp)), 4) for kp in _ints(args.k_primes)}
+    fit_recall = recall_at(r_seen, _ints(args.k_primes))
   union = {}
   fractions = [float(f) for f in args.union_avg_fractions.split(",") if f]
   if fractions:

@@ -4,6 +4,8 @@ Every field is overridable from the command line: `--config.train.batch_size=64`
 """
 import ml_collections
 
+from jaxret import metrics
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -89,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.chunk_size = -1
   # Full ranking keeps a batch's (B, N) scores when they fit in this many elements (each item
   # scored once); above it every chunk is scored twice (target scores, then ranks).
-  c.eval.max_buffered_scores = 1 << 25
+  c.eval.max_buffered_scores = metrics.MAX_BUFFERED_SCORES
   c.eval.max_valid_examples = 0  # 0 = all; else a fixed random subset for validation
   # 0 = full ranking; S > 0 = the expected metrics of ranking each target against S
   # uniformly sampled candidates instead (an older protocol; exact, no sampling noise).
