@@ -69,6 +69,16 @@ def test_grouped_and_select_topk_equal_lax_top_k(fn, n, k, group):
   np.testing.assert_array_equal(out.scores, ref_vals)
 
 
+
+@pytest.mark.parametrize("n,k,group", [(1000, 10, 16), (50, 20, 4)])   # grouped and one-pick
+def test_unsorted_select_topk_holds_the_same_set(n, k, group):
+  """sort=False: the same k columns in some order, each with its own score."""
+  scores = jnp.asarray(_rand(n + 2, (6, n)))
+  ref_vals, ref_ids = jax.lax.top_k(scores, k)
+  out = jax.jit(lambda s: topk_lib.select_topk(s, k, group, sort=False))(scores)
+  np.testing.assert_array_equal(np.sort(out.ids, axis=1), np.sort(ref_ids, axis=1))
+  np.testing.assert_array_equal(out.scores, np.take_along_axis(np.asarray(scores), out.ids, 1))
+
 def test_host_topk_columns_splits_rows_over_threads():
   x = _rand(3, (37, 500))                              # more rows than threads, uneven split
   cols = topk_lib.host_topk_columns(x, 9)

@@ -364,8 +364,9 @@ class MoLIndex:
     return s.astype(jnp.float32)
 
   def _stage1(self, arrays: IndexArrays, q: Array, q_side: MoLQuerySide, k_prime: int,
-              generator: str, per_pair_k: int | None) -> tuple[Array, Array]:
-    """Candidate rows (B, S) and validity (B, S) bool."""
+              generator: str, per_pair_k: int | None,
+              sort: bool = True) -> tuple[Array, Array]:
+    """Candidate rows (B, S) and validity (B, S) bool; `sort=False`: in any order."""
     b = q.shape[0]
     if generator in ("avg", "hindexer"):
       if generator == "avg":
@@ -377,7 +378,7 @@ class MoLIndex:
       rows = b * (sq.shape[1] if sq.ndim == 3 else 1)                  # query probes
       backend = self.stage1_backend(k_prime, rows * table.num_rows)
       top = topk_lib.dot_topk(sq, table, k_prime, backend,
-                              _block_for(rows, table.num_rows), self.recall_target)
+                              _block_for(rows, table.num_rows), self.recall_target, sort)
       return top.ids, jnp.ones(top.ids.shape, bool)
     # per_component: (B * P) rows of pair scores, top-m per pair.
     p_x = self.head.num_item_components
@@ -412,7 +413,7 @@ class MoLIndex:
                            per_pair_k: int | None) -> tuple[Array, Array]:
     """Stage 1's candidate rows (B, S), in row order, and their MoL scores (-inf: invalid)."""
     q_side = self._q_side(arrays, q)
-    rows, valid = self._stage1(arrays, q, q_side, k_prime, generator, per_pair_k)
+    rows, valid = self._stage1(arrays, q, q_side, k_prime, generator, per_pair_k, sort=False)
     # Candidates in row order: the stage-2 gathers then read the item table front to back,
     # ~20-35% faster per pair on a 2-core CPU at 1e6 items than in stage 1's score order.
     rows, valid = jax.lax.sort((rows, valid), dimension=-1, num_keys=1)

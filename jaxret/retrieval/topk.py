@@ -129,10 +129,11 @@ def _lax_columns(x: Array, k: int, sort: bool = True) -> Array:
 
 
 def _grouped_two_step(scores: Array, k: int, group: int,
-                      columns: Callable[[Array, int, bool], Array]) -> TopK:
+                      columns: Callable[[Array, int, bool], Array], sort: bool = True) -> TopK:
   """`grouped_topk` / `select_topk` with `columns(x, k, sort)` picking each step's k best.
 
   One pick over the full rows when the two steps would not scan under half the scores.
+  `sort=False` leaves the final k in any order, when `columns` can skip ordering them.
   """
   b, n = scores.shape
   if k > n:
@@ -140,14 +141,14 @@ def _grouped_two_step(scores: Array, k: int, group: int,
   scores = scores.astype(jnp.float32)
   num_groups = -(-n // group)
   if group <= 1 or num_groups + k * group >= n // 2:
-    cols = columns(scores, k, True)
+    cols = columns(scores, k, sort)
     return TopK(jnp.take_along_axis(scores, cols, axis=-1), cols)
   if n % group:                        # only a ragged last group needs a padded copy
     scores = jnp.pad(scores, ((0, 0), (0, num_groups * group - n)), constant_values=-jnp.inf)
   grouped = scores.reshape(b, num_groups, group)
   best = columns(grouped.max(axis=-1), k, False)                         # (B, k) groups
   cand = jnp.take_along_axis(grouped, best[:, :, None], axis=1).reshape(b, k * group)
-  pos = columns(cand, k, True)
+  pos = columns(cand, k, sort)
   cols = (best[:, :, None] * group + jnp.arange(group, dtype=best.dtype)).reshape(b, -1)
   return TopK(jnp.take_along_axis(cand, pos, axis=-1),
               jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32))
@@ -201,7 +202,7 @@ def _select_columns(scores: Array, k: int, sort: bool = True) -> Array:
                            vmap_method="sequential")
 
 
-def select_topk(scores: Array, k: int, group: int = 16) -> TopK:
+def select_topk(scores: Array, k: int, group: int = 16, sort: bool = True) -> TopK:
   """Exact top-k of a full score matrix with host selects (ties aside); for CPU.
 
   As `grouped_topk` (the k best of the N / group group maxima, then the k best of those
@@ -213,11 +214,13 @@ def select_topk(scores: Array, k: int, group: int = 16) -> TopK:
     scores: (B, N) float.
     k: number of results, <= N.
     group: columns per group.
+    sort: order the result best first; False skips that sort (two thirds of the host
+      work at k=5,000), for callers that only need the set.
 
   Returns:
-    TopK with (B, k) scores (float32) and ids (int32), best first.
+    TopK with (B, k) scores (float32) and ids (int32), best first when `sort`.
   """
-  return _grouped_two_step(scores, k, group, _select_columns)
+  return _grouped_two_step(scores, k, group, _select_columns, sort)
 
 
 def approx_topk(scores: Array, k: int, recall_target: float = 0.95) -> TopK:
@@ -395,7 +398,7 @@ def blockwise_dot_topk(queries: Array, table: QuantizedTable, k: int,
 
 
 def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exact",
-             block: int = 16384, recall_target: float = 0.95) -> TopK:
+             block: int = 16384, recall_target: float = 0.95, sort: bool = True) -> TopK:
   """Top-k of `queries @ table.T` with the named backend.
 
   Args:
@@ -405,6 +408,8 @@ def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exac
     backend: one of BACKENDS.
     block: rows per step of the blockwise backend.
     recall_target: of the approx backend.
+    sort: best first. False lets the `select` backend return the k in any order (the
+      other backends sort anyway).
 
   Returns:
     TopK (B, k).
@@ -417,7 +422,7 @@ def dot_topk(queries: Array, table: QuantizedTable, k: int, backend: str = "exac
   if backend == "grouped":
     return grouped_topk(scores, k)
   if backend == "select":
-    return select_topk(scores, k)
+    return select_topk(scores, k, sort=sort)
   if backend == "approx":
     return approx_topk(scores, k, recall_target)
   raise ValueError(f"unknown top-k backend {backend!r}; valid: {', '.join(BACKENDS)}")
