@@ -185,7 +185,7 @@ def host_topk_columns(x: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
     cols = np.argpartition(part, m - k, axis=1)[:, m - k:] if k < m else \
         np.broadcast_to(np.arange(m), part.shape)
     if sort:
-      order = np.argsort(-np.take_along_axis(part, cols, axis=1), axis=1, kind="stable")
+      order = np.argsort(-np.take_along_axis(part, cols, axis=1), axis=1)
       cols = np.take_along_axis(cols, order, axis=1)
     out[start:stop] = cols
 
