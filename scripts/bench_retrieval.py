@@ -18,7 +18,8 @@ Gaussian with the trained item vectors' mean and covariance. Without a checkpoin
 randomly initialised MoL head (the default config's sizes) and N(0, I) items and queries.
 The 'hindexer' generator is distilled from the MoL head (`fit_hindexer`) once, on
 --hindexer_pool synthetic items (and the real items) and the real queries of the users not
-among the benchmark's --batch queries, and applied to every pool.
+among the benchmark's --batch queries, and applied to every pool; --hindexer_params=FILE
+keeps the fit for the next run with the same settings.
 Relative recall uses the same --batch queries as the throughput runs, so the exact-MoL
 reference pass doubles as that method's compile / warm-up call. Timings: one warm-up call,
 then the median of --repeats calls (one call when a call takes > 20 s), each ended by
@@ -39,6 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -97,6 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="student-mined hard rows per fit query (fit_hindexer's "
                       "num_hard_negatives; 0: off). On the MoL s0 checkpoint 256 raised stage-1 "
                       "recall@100 at k'=1000 from 0.845 to 0.858 and left k'>=5000 unchanged")
+  p.add_argument("--hindexer_params", default="",
+                 help="a file for the fitted h-indexer: loaded when it exists (and was fitted "
+                      "with the same settings), else written after the fit, so a rerun skips "
+                      "the fit (~7-35 min on 2 CPU cores at the defaults / the best settings)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--readme", default="",
                  help="also rewrite this README's retrieval block from the results")
@@ -227,6 +233,41 @@ def faiss_qps(vectors: np.ndarray, queries: np.ndarray, k: int, repeats: int) ->
   return q.shape[0] / float(np.median(times))
 
 
+# ----------------------------------------------------------------------------- fit cache
+
+
+def hindexer_fit_settings(args) -> dict:
+  """Everything that decides the h-indexer fit (and which users are held out of it)."""
+  keys = ("checkpoint", "seed", "batch", "hindexer_pool", "hindexer_dim", "hindexer_hidden",
+          "hindexer_steps", "hindexer_probes", "hindexer_prefix_queries",
+          "hindexer_gaussian_queries", "hindexer_teacher_k_prime", "hindexer_hard_negatives")
+  return {k: getattr(args, k) for k in keys}
+
+
+def load_or_fit(path: str, settings: dict, fit):
+  """`fit()`'s params, or those saved at `path` by a fit with the same `settings`."""
+  if not path:
+    return fit()
+  file = Path(path)
+  if file.exists():
+    saved = serialization.msgpack_restore(file.read_bytes())
+    if saved.get("settings") != json.dumps(settings, sort_keys=True):
+      raise SystemExit(f"error: {file} holds an h-indexer fitted with other settings "
+                       f"({saved.get('settings')}); delete it or pass another "
+                       f"--hindexer_params")
+    print(f"h-indexer loaded from {file}")
+    return saved["params"]
+  params = fit()
+  blob = {"settings": json.dumps(settings, sort_keys=True),
+          "params": jax.tree.map(np.asarray, params)}
+  file.parent.mkdir(parents=True, exist_ok=True)
+  tmp = file.with_name(file.name + ".tmp")
+  tmp.write_bytes(serialization.msgpack_serialize(blob))
+  os.replace(tmp, file)                                       # atomic: never half a file
+  print(f"h-indexer saved to {file}")
+  return params
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -305,14 +346,18 @@ def main(argv=None) -> None:
       train_items = np.concatenate([train_items, src.real_items])
     train_q = (fit_queries if fit_queries is not None      # users disjoint from `queries`
                else sample(rng, 1024, src.item_mean, src.item_chol))
-    base = MoLIndex.from_arrays(head, head_params, train_items)
-    fitted = base.fit_hindexer(train_q, train_items, hindexer, teacher_k=64,
-                               teacher_k_prime=args.hindexer_teacher_k_prime or None,
-                               steps=args.hindexer_steps, batch_size=128, num_negatives=1024,
-                               learning_rate=3e-3,
-                               num_hard_negatives=args.hindexer_hard_negatives, log=print)
-    h_params = fitted.arrays.hindexer_params
-    print(f"h-indexer distilled in {time.time() - t:.0f}s")
+
+    def fit():
+      base = MoLIndex.from_arrays(head, head_params, train_items)
+      fitted = base.fit_hindexer(train_q, train_items, hindexer, teacher_k=64,
+                                 teacher_k_prime=args.hindexer_teacher_k_prime or None,
+                                 steps=args.hindexer_steps, batch_size=128,
+                                 num_negatives=1024, learning_rate=3e-3,
+                                 num_hard_negatives=args.hindexer_hard_negatives, log=print)
+      return fitted.arrays.hindexer_params
+
+    h_params = load_or_fit(args.hindexer_params, hindexer_fit_settings(args), fit)
+    print(f"h-indexer ready in {time.time() - t:.0f}s")
 
   pool_list = [("synthetic", n, None) for n in pools]
   if src.real_items is not None:

@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -30,7 +31,9 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   bench.main([f"--pool_sizes={n}", "--ks=10", f"--k_primes=50,{n}", "--batch=8",
               "--quantizations=fp32,int8", "--hindexer_steps=3", "--hindexer_pool=300",
               "--hindexer_teacher_k_prime=100", "--hindexer_hard_negatives=16",
-              "--repeats=1", f"--out_dir={tmp_path}"])
+              "--repeats=1", f"--out_dir={tmp_path}",
+              f"--hindexer_params={tmp_path}/hindexer.msgpack"])
+  assert (tmp_path / "hindexer.msgpack").stat().st_size > 0
   recall = _rows(tmp_path / "retrieval_recall.csv")
   assert list(recall[0]) == ["pool", "generator", "quantization", "pool_size", "k", "k_prime",
                              "relative_recall"]
@@ -97,3 +100,20 @@ def test_readme_block_under_another_tag_leaves_the_default_block_alone(tmp_path)
   assert block in text and text.endswith("\nb\n")
   with pytest.raises(SystemExit, match="lacks the <!-- retrieval-x:begin -->"):
     bench.write_readme_block(readme, block, tag="retrieval-x")
+
+
+def test_hindexer_params_file_skips_the_second_fit(tmp_path):
+  bench = _load_script()
+  path, settings, calls = tmp_path / "h" / "params.msgpack", {"hindexer_steps": 3}, []
+
+  def fit():
+    calls.append(1)
+    return {"item_out": {"kernel": jnp.arange(6.0).reshape(2, 3)}}
+
+  first = bench.load_or_fit(str(path), settings, fit)
+  again = bench.load_or_fit(str(path), settings, fit)
+  assert len(calls) == 1 and path.exists() and not path.with_name("params.msgpack.tmp").exists()
+  np.testing.assert_array_equal(again["item_out"]["kernel"], first["item_out"]["kernel"])
+  with pytest.raises(SystemExit, match="fitted with other settings"):
+    bench.load_or_fit(str(path), {"hindexer_steps": 4}, fit)
+  assert len(calls) == 1
