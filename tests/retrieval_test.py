@@ -79,6 +79,26 @@ def test_unsorted_select_topk_holds_the_same_set(n, k, group):
   np.testing.assert_array_equal(np.sort(out.ids, axis=1), np.sort(ref_ids, axis=1))
   np.testing.assert_array_equal(out.scores, np.take_along_axis(np.asarray(scores), out.ids, 1))
 
+
+@pytest.mark.parametrize("n,k", [(1000, 10), (1003, 40), (4096, 300), (64, 5)])
+def test_select_topk_default_group_equals_lax_top_k(n, k):
+  scores = jnp.asarray(_rand(n + 3, (5, n)))
+  ref_vals, ref_ids = jax.lax.top_k(scores, k)
+  out = jax.jit(lambda s: topk_lib.select_topk(s, k))(scores)
+  np.testing.assert_array_equal(out.ids, ref_ids)
+  np.testing.assert_array_equal(out.scores, ref_vals)
+
+
+def test_select_group_balances_the_two_selects():
+  """About sqrt(N / k), a power of two, preferring one that divides N (no padded copy)."""
+  n = 1_000_000
+  assert [topk_lib.select_group(n, k) for k in (100, 1000, 5000, 10000, 20000)] == \
+      [64, 32, 16, 8, 8]
+  assert topk_lib.select_group(1 << 20, 4) == 256          # capped
+  assert topk_lib.select_group(1_000_003, 1000) == 32      # every group is ragged: sqrt again
+  assert topk_lib.select_group(1_000_000, 1_000_000) == 2
+
+
 def test_host_topk_columns_splits_rows_over_threads():
   x = _rand(3, (37, 500))                              # more rows than threads, uneven split
   cols = topk_lib.host_topk_columns(x, 9)

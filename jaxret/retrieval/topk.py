@@ -48,7 +48,10 @@ BACKENDS = ("exact", "approx", "blockwise", "grouped", "select")
 #   CPU default is the full matrix (while it fits in _CPU_EXACT_MAX_SCORES) reduced by
 #   `select_topk` (scripts/bench_topk.py, B=256, N=1e6, group 16, idle machine, 2026-12-02):
 #   k=1000 / 5000 / 10000 in 0.26 / 0.69 / 1.05 s, against `grouped_topk`'s 0.29 / 1.35 /
-#   2.62 s and one `lax.top_k`'s 0.82 / 1.90 / 2.66 s.
+#   2.62 s and one `lax.top_k`'s 0.82 / 1.90 / 2.66 s. Its group size follows k
+#   (`select_group`): at k=1000 / 5000 / 10000 / 20000, groups of 32 / 16 / 8 / 8 were the
+#   fastest of 8, 16, 32, 1.48x / 1x / 1.16x / 1.31x faster than groups of 16 (2026-12-07,
+#   machine loaded by two other jobs).
 # GPU (results/gpu/, one H200, jax 0.11.2, B=256): `grouped_topk` over the full matrix.
 #   N=1e6: 1.7 / 2.1 / 4.8 ms at k=100 / 1000 / 10000 against one `lax.top_k`'s 17 ms
 #   (10x / 8x / 3.5x); stage 1 at k=100, N=1e5: grouped 496k q/s, blockwise 425k, exact 119k.
@@ -202,7 +205,19 @@ def _select_columns(scores: Array, k: int, sort: bool = True) -> Array:
                            vmap_method="sequential")
 
 
-def select_topk(scores: Array, k: int, group: int = 16, sort: bool = True) -> TopK:
+def select_group(n: int, k: int) -> int:
+  """The group size of `select_topk` for k of n columns.
+
+  Each host select costs about its number of columns, here N / group + k * group, least at
+  group = sqrt(N / k); the candidates are powers of two from 2 to 256, and a group that
+  does not divide N pays for a padded copy of the N columns.
+  """
+  def cost(g: int) -> int:
+    return -(-n // g) + k * g + (n if n % g else 0)
+  return min((1 << e for e in range(1, 9)), key=cost)
+
+
+def select_topk(scores: Array, k: int, group: int | None = None, sort: bool = True) -> TopK:
   """Exact top-k of a full score matrix with host selects (ties aside); for CPU.
 
   As `grouped_topk` (the k best of the N / group group maxima, then the k best of those
@@ -213,13 +228,15 @@ def select_topk(scores: Array, k: int, group: int = 16, sort: bool = True) -> To
   Args:
     scores: (B, N) float.
     k: number of results, <= N.
-    group: columns per group.
+    group: columns per group (default `select_group(N, k)`).
     sort: order the result best first; False skips that sort (two thirds of the host
       work at k=5,000), for callers that only need the set.
 
   Returns:
     TopK with (B, k) scores (float32) and ids (int32), best first when `sort`.
   """
+  if group is None:
+    group = select_group(scores.shape[-1], k)
   return _grouped_two_step(scores, k, group, _select_columns, sort)
 
 
