@@ -89,6 +89,20 @@ def test_select_topk_default_group_equals_lax_top_k(n, k):
   np.testing.assert_array_equal(out.scores, ref_vals)
 
 
+@pytest.mark.parametrize("callback", ["buffer", "pure"])
+def test_select_topk_host_callbacks_agree_under_vmap(callback, monkeypatch):
+  """Both host-callback routes (buffer_callback on CPU, pure_callback elsewhere), vmapped."""
+  if callback == "pure":
+    monkeypatch.setattr(topk_lib, "_buffer_callback", None)
+  elif topk_lib._buffer_callback is None:
+    pytest.fail("this jax has no buffer_callback; the CPU route would be pure_callback")
+  scores = jnp.asarray(_rand(11, (3, 4, 900)))
+  ref_vals, ref_ids = jax.lax.top_k(scores, 12)
+  out = jax.jit(jax.vmap(lambda s: topk_lib.select_topk(s, 12, 8)))(scores)
+  np.testing.assert_array_equal(out.ids, ref_ids)
+  np.testing.assert_array_equal(out.scores, ref_vals)
+
+
 def test_select_group_balances_the_two_selects():
   """About sqrt(N / k), a power of two, preferring one that divides N (no padded copy)."""
   n = 1_000_000

@@ -8,7 +8,7 @@ Every backend returns `TopK(scores (B, k), ids (B, k))`, best first:
     columns of the k best groups (on CPU a `lax.top_k` costs ~5 ns per score scanned,
     a max reduction ~0.2 ns).
   * `select_topk(scores, k, group)`: `grouped_topk`'s two steps with each `lax.top_k`
-    replaced by a host introselect (`numpy.argpartition` through `jax.pure_callback`, rows
+    replaced by a host introselect (`numpy.argpartition` through a host callback, rows
     split over threads) and a sort of the k winners: O(N) per row where XLA:CPU's top-k
     grows with k. For CPU; on an accelerator the callback would copy the scores to the host.
   * `approx_topk(scores, k, recall_target)`: `jax.lax.approx_max_k`; its fast path exists on
@@ -35,6 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+try:                                     # jax >= 0.7; older versions use pure_callback
+  from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
+except ImportError:
+  _buffer_callback = None
+
 from jaxret.retrieval.quantization import QuantizedTable
 
 Array = jax.Array
@@ -51,7 +56,10 @@ BACKENDS = ("exact", "approx", "blockwise", "grouped", "select")
 #   2.62 s and one `lax.top_k`'s 0.82 / 1.90 / 2.66 s. Its group size follows k
 #   (`select_group`): at k=1000 / 5000 / 10000 / 20000, groups of 32 / 16 / 8 / 8 were the
 #   fastest of 8, 16, 32, 1.48x / 1x / 1.16x / 1.31x faster than groups of 16 (2026-12-07,
-#   machine loaded by two other jobs).
+#   machine loaded by two other jobs). Its host selects read XLA's buffers in place
+#   (`buffer_callback`); stage 1 at k=1000 / 2000 / 5000 / 10000 / 20000 (matmul included)
+#   became 1.11x / 1.25x / 1.12x / 1.44x / 1.71x faster than with pure_callback and groups
+#   of 16 (same loaded machine, same run).
 # GPU (results/gpu/, one H200, jax 0.11.2, B=256): `grouped_topk` over the full matrix.
 #   N=1e6: 1.7 / 2.1 / 4.8 ms at k=100 / 1000 / 10000 against one `lax.top_k`'s 17 ms
 #   (10x / 8x / 3.5x); stage 1 at k=100, N=1e5: grouped 496k q/s, blockwise 425k, exact 119k.
@@ -199,8 +207,17 @@ def host_topk_columns(x: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
 
 
 def _select_columns(scores: Array, k: int, sort: bool = True) -> Array:
-  """(B, M) -> (B, k) int32 columns of the k largest via `host_topk_columns`."""
+  """(B, M) -> (B, k) int32 columns of the k largest via `host_topk_columns`.
+
+  On CPU through `buffer_callback`, which hands the host XLA's own buffers: `pure_callback`
+  first copies each operand into a fresh array (~2 s per 328 MB on a loaded 2-core machine,
+  mostly page faults), which made the second select mostly transfer at large k.
+  """
   out = jax.ShapeDtypeStruct(scores.shape[:1] + (k,), jnp.int32)
+  if _buffer_callback is not None and jax.default_backend() == "cpu":
+    def fill(ctx, result, x):
+      np.asarray(result)[...] = host_topk_columns(np.asarray(x), k, sort)
+    return _buffer_callback(fill, out, vmap_method="sequential")(scores)
   return jax.pure_callback(lambda x: host_topk_columns(x, k, sort), out, scores,
                            vmap_method="sequential")
 
