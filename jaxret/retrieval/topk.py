@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-try:                                     # jax >= 0.7; older versions use pure_callback
+try:                                     # a jax without it uses pure_callback
   from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
 except ImportError:
   _buffer_callback = None
