@@ -173,7 +173,8 @@ def _host_pool() -> ThreadPoolExecutor:
   return ThreadPoolExecutor(_HOST_THREADS, thread_name_prefix="jaxret-topk")
 
 
-def host_topk_columns(x: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
+def host_topk_columns(x: np.ndarray, k: int, sort: bool = True,
+                      out: np.ndarray | None = None) -> np.ndarray:
   """Columns of each row's k largest values (ties in any order), on the host.
 
   numpy's introselect (`argpartition`, which releases the GIL) on row slices spread over
@@ -183,13 +184,14 @@ def host_topk_columns(x: np.ndarray, k: int, sort: bool = True) -> np.ndarray:
     x: (B, M) array.
     k: 1 <= k <= M.
     sort: order the k columns best first (else in any order).
+    out: (B, k) int32 array to write into (default: a new one).
 
   Returns:
-    (B, k) int32.
+    (B, k) int32, `out` when given.
   """
   x = np.asarray(x)
   b, m = x.shape
-  out = np.empty((b, k), np.int32)
+  out = np.empty((b, k), np.int32) if out is None else out
 
   def rows(start: int, stop: int) -> None:
     part = x[start:stop]
@@ -216,7 +218,7 @@ def _select_columns(scores: Array, k: int, sort: bool = True) -> Array:
   out = jax.ShapeDtypeStruct(scores.shape[:1] + (k,), jnp.int32)
   if _buffer_callback is not None and jax.default_backend() == "cpu":
     def fill(ctx, result, x):
-      np.asarray(result)[...] = host_topk_columns(np.asarray(x), k, sort)
+      host_topk_columns(np.asarray(x), k, sort, out=np.asarray(result))
     return _buffer_callback(fill, out, vmap_method="sequential")(scores)
   return jax.pure_callback(lambda x: host_topk_columns(x, k, sort), out, scores,
                            vmap_method="sequential")
