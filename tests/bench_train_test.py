@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
-from train_test import REPO
+from train_test import REPO, SUBPROCESS_XLA_FLAGS
 
 from experiments import cli
 
@@ -24,7 +24,7 @@ def test_bench_train_records_bucketed_and_full_length_steps(tmp_path):
   data = _write_ml(tmp_path / "data")
   out = tmp_path / "bench.json"
   env = {**os.environ, "JAXRET_DATA_DIR": str(data), "JAXRET_CACHE_DIR": str(tmp_path / "c"),
-         "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+         "XLA_FLAGS": SUBPROCESS_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
   common = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--dataset=ml-1m",
             "--heads=dot", "--losses=ss", "--steps=2", "--warmup=1", "--batch_size=8",
             f"--out={out}"]
@@ -48,7 +48,7 @@ def test_tune_allocator_applies_on_linux_and_can_be_turned_off(monkeypatch):
 def test_bench_train_set_overrides_a_config_field_and_rejects_unknown_ones(tmp_path):
   data = _write_ml(tmp_path / "data")
   env = {**os.environ, "JAXRET_DATA_DIR": str(data), "JAXRET_CACHE_DIR": str(tmp_path / "c"),
-         "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+         "XLA_FLAGS": SUBPROCESS_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
   common = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--dataset=ml-1m",
             "--heads=mol", "--losses=ss", "--steps=1", "--warmup=0", "--batch_size=8"]
   flops = []

@@ -4,8 +4,11 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Simulated devices share the real cores; on a loaded machine XLA's default 40 s collective
 # timeout can abort an all-gather, so it is raised.
+# The test programs are tiny, so compiling them dominates: LLVM's optimisation level 0 compiles
+# the tiny train steps 2.4-2.8x faster (dot 10.5 -> 3.7 s, MoL 19.9 -> 8.3 s on 2 loaded cores).
 for _flag in ("--xla_force_host_platform_device_count=8",
-              "--xla_cpu_collective_call_terminate_timeout_seconds=600"):
+              "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+              "--xla_backend_optimization_level=0"):
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from train_test import REPO, cli_args, write_tiny_ml
+from train_test import REPO, SUBPROCESS_XLA_FLAGS, cli_args, write_tiny_ml
 
 EPOCHS = 40
 KILL_PLAN = ["save", "random"] * 5  # 10 kill points
@@ -21,7 +21,7 @@ def _env(cache_dir: Path) -> dict[str, str]:
   # The persistent compilation cache makes each restart cost an import, not a compile
   # (conftest's session-wide one when it is set).
   cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir)
-  return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+  return {**os.environ, "XLA_FLAGS": SUBPROCESS_XLA_FLAGS, "JAX_PLATFORMS": "cpu",
           "JAX_COMPILATION_CACHE_DIR": cache_dir,
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

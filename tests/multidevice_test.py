@@ -23,10 +23,6 @@ def tiny_dir(tmp_path_factory):
   return write_tiny_ml(tmp_path_factory.mktemp("data"))
 
 
-# Both meshes compile alike; skipping LLVM's optimisations halves the CPU compile time here.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
 @functools.cache
 def _setup(tiny_dir, head: str, prng_impl: str = "threefry2x32"):
   config = tiny_config(tiny_dir, head=head, loss="ss", prng_impl=prng_impl, **{
@@ -44,9 +40,8 @@ def _setup(tiny_dir, head: str, prng_impl: str = "threefry2x32"):
 def test_step_and_eval_match_single_device(tiny_dir, head, prng_impl):
   assert jax.device_count() == 8
   config, model, num_items, state, batch, eval_batch = _setup(tiny_dir, head, prng_impl)
-  step = jax.jit(train.make_train_step(model, config, num_items), compiler_options=FAST_COMPILE)
-  eval_step = jax.jit(train.make_eval_step(model, config, num_items),
-                      compiler_options=FAST_COMPILE)
+  step = jax.jit(train.make_train_step(model, config, num_items))
+  eval_step = jax.jit(train.make_eval_step(model, config, num_items))
   out = {}
   for n in (1, 8):
     mesh = sharding.make_mesh(n)
@@ -81,8 +76,7 @@ def test_eval_runs_sharded_over_queries(tiny_dir):
   """Evaluation is one SPMD program over the mesh: each device ranks its own queries."""
   config, model, num_items, state, _, eval_batch = _setup(tiny_dir, "dot")
   mesh = sharding.make_mesh(8)
-  eval_step = jax.jit(train.make_eval_step(model, config, num_items),
-                      compiler_options=FAST_COMPILE)
+  eval_step = jax.jit(train.make_eval_step(model, config, num_items))
   compiled = eval_step.lower(sharding.replicate(state.params, mesh),
                              sharding.shard_batch(eval_batch, mesh)).compile()
   assert compiled.input_shardings[0][1]["inputs"].spec == P("data")

@@ -11,11 +11,9 @@ import pytest
 
 from jaxret import distributed
 from jaxret.errors import ConfigError
-from train_test import write_tiny_ml
+from train_test import SUBPROCESS_XLA_FLAGS, write_tiny_ml
 
 REPO = Path(__file__).resolve().parents[1]
-# The same compile options in every process: LLVM's optimisations off halves the compile time.
-FAST = "--xla_backend_optimization_level=0"
 
 
 def _free_port() -> int:
@@ -34,7 +32,7 @@ def _args(data_dir: Path, workdir: Path) -> list[str]:
 
 
 def _start(args: list[str], devices: int) -> subprocess.Popen:
-  flags = f"{FAST} --xla_force_host_platform_device_count={devices}"
+  flags = f"{SUBPROCESS_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
   env.pop("JAX_COORDINATOR_ADDRESS", None)
   return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,

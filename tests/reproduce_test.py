@@ -13,7 +13,7 @@ import pytest
 from experiments import reproduce
 from jaxret import baselines, train
 from jaxret.errors import ConfigError
-from train_test import REPO, write_tiny_ml
+from train_test import REPO, SUBPROCESS_XLA_FLAGS, write_tiny_ml
 
 TABLE = reproduce.SEED_ML1M
 ROWS = ("svd_dot_bce", "svd_fm_bce")  # the cheapest rows to compile
@@ -194,7 +194,7 @@ def test_readme_block_is_refilled_in_place(tmp_path):
 
 
 def run_cli(*args):
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": SUBPROCESS_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=REPO,
                         capture_output=True, text=True, env=env, timeout=300)
 

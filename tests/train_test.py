@@ -18,6 +18,8 @@ from jaxret.checkpoint import Checkpointer
 from jaxret.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+# XLA flags of the CLI subprocesses: one device, and the fast compile of conftest.py.
+SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def write_tiny_ml(folder: Path, num_users=48, num_items=30, length=14, seed=0) -> Path:
@@ -136,7 +138,7 @@ def test_unknown_names_fail_fast(tiny_dir):
 
 
 def run_cli(*args, timeout=300):
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": SUBPROCESS_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
                         env=env, timeout=timeout)
 
