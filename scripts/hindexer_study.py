@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,6 +77,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="also measure the stage-1 recall on this many of the fit's own queries "
                       "(the query side's train recall: a gap to the held-out recall is "
                       "generalisation, no gap is what a dot product can represent)")
+  p.add_argument("--params", default="",
+                 help="start from the towers in this file (written by scripts/bench_retrieval.py "
+                      "--hindexer_params) instead of fitting; the fit flags above must be the "
+                      "file's (--dim, --hidden), the rest are ignored")
+  p.add_argument("--refine_steps", type=int, default=0,
+                 help="then fine-tune the towers on the evaluation pool itself, the catalog "
+                      "they index (MoLIndex.refine_hindexer), for this many steps (0: off)")
+  p.add_argument("--refine_queries", type=int, default=8000,
+                 help="the first this many fit queries (the real ones first) refine them")
+  p.add_argument("--refine_teacher_k_prime", type=int, default=20000)
+  p.add_argument("--refine_hard_negatives", type=int, default=256)
+  p.add_argument("--refine_learning_rate", type=float, default=1e-3)
   return p.parse_args(argv)
 
 
@@ -177,26 +190,46 @@ def main(argv=None) -> None:
   items, top = eval_set(args, src, queries)
 
   t = time.time()
-  train_items = np.concatenate([sample(rng, args.pool, src.item_mean, src.item_chol),
-                                src.real_items])
-  hindexer = HIndexer(dim=args.dim, hidden=args.hidden, num_probes=args.num_probes,
-                      normalize=not args.unnormalized)
-  base = MoLIndex.from_arrays(src.head, src.head_params, train_items)
-  fitted = base.fit_hindexer(fit_q, train_items, hindexer, teacher_k=args.teacher_k,
-                             steps=args.steps, batch_size=args.batch_size,
-                             num_negatives=args.num_negatives,
-                             learning_rate=args.learning_rate, temperature=args.temperature,
-                             teacher_temperature=args.teacher_temperature,
-                             num_hard_negatives=args.num_hard_negatives,
-                             mine_every=args.mine_every, log=print)
+  hindexer = HIndexer(dim=args.dim, hidden=args.hidden,
+                      num_probes=args.num_probes, normalize=not args.unnormalized)
+  if args.params:
+    h_params = serialization.msgpack_restore(Path(args.params).read_bytes())["params"]
+  else:
+    train_items = np.concatenate([sample(rng, args.pool, src.item_mean, src.item_chol),
+                                  src.real_items])
+    base = MoLIndex.from_arrays(src.head, src.head_params, train_items)
+    h_params = base.fit_hindexer(
+        fit_q, train_items, hindexer, teacher_k=args.teacher_k, steps=args.steps,
+        batch_size=args.batch_size, num_negatives=args.num_negatives,
+        learning_rate=args.learning_rate, temperature=args.temperature,
+        teacher_temperature=args.teacher_temperature,
+        num_hard_negatives=args.num_hard_negatives, mine_every=args.mine_every,
+        log=print).arrays.hindexer_params
   fit_s = time.time() - t
-  r = stage1_ranks(hindexer, fitted.arrays.hindexer_params, queries, items, top)
+  refine = {}
+  if args.refine_steps > 0:
+    refine["start_recall_at_k_prime"] = recall_at(
+        stage1_ranks(hindexer, h_params, queries, items, top), _ints(args.k_primes))
+    print(f"before refining: {refine['start_recall_at_k_prime']}")
+    t = time.time()
+    catalog = MoLIndex.from_arrays(src.head, src.head_params, items, hindexer=hindexer,
+                                   hindexer_params=h_params)
+    h_params = catalog.refine_hindexer(
+        fit_q[:args.refine_queries], items, teacher_k_prime=args.refine_teacher_k_prime,
+        num_hard_negatives=args.refine_hard_negatives,
+        learning_rate=args.refine_learning_rate, steps=args.refine_steps,
+        log=print).arrays.hindexer_params
+    refine.update(steps=args.refine_steps, queries=min(args.refine_queries, len(fit_q)),
+                  teacher_k_prime=args.refine_teacher_k_prime,
+                  hard_negatives=args.refine_hard_negatives,
+                  learning_rate=args.refine_learning_rate, seconds=round(time.time() - t, 1))
+  r = stage1_ranks(hindexer, h_params, queries, items, top)
   recall = recall_at(r, _ints(args.k_primes))
   fit_recall = {}
   if args.fit_query_recall > 0:
     seen = real_fit_q[:args.fit_query_recall]
     _, seen_top = eval_set(args, src, seen, tag=f"|fit{len(seen)}")
-    r_seen = stage1_ranks(hindexer, fitted.arrays.hindexer_params, seen, items, seen_top)
+    r_seen = stage1_ranks(hindexer, h_params, seen, items, seen_top)
     fit_recall = recall_at(r_seen, _ints(args.k_primes))
   union = {}
   fractions = [float(f) for f in args.union_avg_fractions.split(",") if f]
@@ -219,6 +252,12 @@ def main(argv=None) -> None:
                 fit_seconds=round(fit_s, 1), stage1_recall_at_k_prime=recall,
                 median_rank=float(np.median(r)), p99_rank=float(np.percentile(r, 99)),
                 recall_by_mol_rank=recall_by_mol_rank(r, _ints(args.k_primes)))
+  if args.params:
+    record["fit"] = dict(params_file=args.params, dim=args.dim, hidden=args.hidden,
+                         settings=json.loads(serialization.msgpack_restore(
+                             Path(args.params).read_bytes()).get("settings", "null")))
+  if refine:
+    record["refine"] = refine          # stage1_recall_at_k_prime is after refining
   if fit_recall:
     record["fit_queries_recall_at_k_prime"] = fit_recall   # the fit's own (seen) queries
   if union:

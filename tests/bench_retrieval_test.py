@@ -31,7 +31,8 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   bench.main([f"--pool_sizes={n}", "--ks=10", f"--k_primes=50,{n}", "--batch=8",
               "--quantizations=fp32,int8", "--hindexer_steps=3", "--hindexer_pool=300",
               "--hindexer_teacher_k_prime=100", "--hindexer_hard_negatives=16",
-              "--repeats=1", f"--out_dir={tmp_path}",
+              "--hindexer_refine_steps=2", "--hindexer_refine_queries=64",
+              "--hindexer_refine_teacher_k_prime=100", "--repeats=1", f"--out_dir={tmp_path}",
               f"--hindexer_params={tmp_path}/hindexer.msgpack"])
   assert (tmp_path / "hindexer.msgpack").stat().st_size > 0
   recall = _rows(tmp_path / "retrieval_recall.csv")
@@ -50,6 +51,10 @@ def test_bench_retrieval_tiny_pool(tmp_path):
   info = json.loads((tmp_path / "machine.json").read_text())
   assert info["topk_backend"] and info["stage1_backend_qps"]
   assert info["hindexer_fit"]["hard_negatives"] == 16
+  assert info["hindexer_fit"]["refine_steps"] == 2
+  assert list(info["hindexer_refine_seconds"]) == [f"synthetic/{n}"]
+  block = bench.render(*bench.read_results(tmp_path))
+  assert "refined on each pool" in block and f"{n}: " in block
   assert (tmp_path / "fig3a_relative_recall.png").stat().st_size > 0
   assert (tmp_path / "fig3b_throughput.png").stat().st_size > 0
 

@@ -470,6 +470,35 @@ def test_fit_hindexer_with_mined_hard_negatives_improves_stage1_recall():
   assert recall > 0.25, recall                                     # random towers: ~0.10
 
 
+def test_refine_hindexer_raises_recall_over_the_indexed_catalog():
+  index, items = _small_index()
+  queries, test_q = _rand(18, (256, D_Q)), _rand(19, (32, D_Q))
+  ref, _ = index.exact_mol_topk(test_q, 10)
+
+  def recall(ix):
+    ids, _ = ix.stage1(test_q, 30, "hindexer")
+    return np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, ref)])
+
+  h = hidx.HIndexer(dim=16, hidden=32)
+  start = index.fit_hindexer(queries, items, h, teacher_k=10, steps=20, batch_size=64,
+                             num_negatives=64, learning_rate=1e-2)
+  unchanged = start.refine_hindexer(queries, items, teacher_k=10, steps=0)  # starts from `start`
+  np.testing.assert_array_equal(unchanged.arrays.hindexer_items, start.arrays.hindexer_items)
+  # k' = 100 of the 300 items: a two-stage teacher; the exact scan when k' >= N.
+  for k_prime in (100, 300):
+    refined = start.refine_hindexer(queries, items, teacher_k=10, teacher_k_prime=k_prime,
+                                    num_hard_negatives=20, mine_every=50, steps=150,
+                                    batch_size=64, num_negatives=64, learning_rate=1e-2)
+    assert refined.hindexer is h
+    assert recall(refined) > recall(start) + 0.05, (k_prime, recall(refined), recall(start))
+
+
+def test_refine_hindexer_rejects_other_item_vectors():
+  index, items = _small_index()
+  with pytest.raises(ValueError, match="N=300"):
+    index.refine_hindexer(_rand(18, (16, D_Q)), items[:200], teacher_k=5, steps=1)
+
+
 @pytest.mark.parametrize("kwargs, match", [(dict(num_hard_negatives=-1), "num_hard_negatives"),
                                            (dict(num_hard_negatives=10 ** 6), "num_hard_negatives"),
                                            (dict(num_hard_negatives=4, mine_every=0), "mine_every")])

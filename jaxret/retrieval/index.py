@@ -268,18 +268,58 @@ class MoLIndex:
     """
     hindexer = hindexer or HIndexer(dim=32)
     q = np.asarray(query_vectors, np.float32)
-    rows = []
-    for s in range(0, q.shape[0], 256):
-      qb = q[s:s + 256]
-      if teacher_k_prime is None:
-        r = self._exact_rows(qb, teacher_k)
-      else:
-        r = self._two_stage_rows(qb, teacher_k, teacher_k_prime, "avg")
-      rows.append(np.asarray(r))
-    teacher = np.concatenate(rows)
+    teacher = self._teacher_rows(q, teacher_k, teacher_k_prime, "avg")
     params = fit_hindexer(hindexer, q, item_vectors, self.mol_scores_fn(), teacher,
                           **fit_kwargs)
     return self.with_hindexer(hindexer, params, item_vectors)
+
+  def refine_hindexer(self, query_vectors: Array | np.ndarray, item_vectors: Array | np.ndarray,
+                      teacher_k: int = 64, teacher_k_prime: int = 20000,
+                      num_hard_negatives: int = 256, learning_rate: float = 1e-3,
+                      **fit_kwargs) -> "MoLIndex":
+    """Fine-tunes this index's h-indexer on the catalog it indexes; returns the refined index.
+
+    A distilled h-indexer learns MoL's top items among the items of its fit; over a large
+    catalog the top-k sit much further in the tail of MoL's scores. Here each training
+    query's teacher list is its MoL top `teacher_k` over this index's own N items, found by a
+    two-stage retrieve with the current h-indexer at k' = `teacher_k_prime` (the exact scan
+    when that is >= N), and the hard negatives are mined from the same N items. Training
+    starts from the current towers. Queries to evaluate on must not be among `query_vectors`.
+
+    Args:
+      query_vectors: (M, D_Q) training queries.
+      item_vectors: (N, D_I) the vectors this index was built from (row r = item row r).
+      teacher_k: teacher list length.
+      teacher_k_prime: stage-1 candidates of the teacher's two-stage retrieve.
+      num_hard_negatives, learning_rate, **fit_kwargs: forwarded to `fit_hindexer`.
+    """
+    if "hindexer" not in self.generators:
+      raise ValueError("refine_hindexer needs an index with an h-indexer: fit one first "
+                       "(fit_hindexer) or attach one (with_hindexer)")
+    items = np.asarray(item_vectors, np.float32)
+    if items.ndim != 2 or items.shape[0] != self.num_items:
+      raise ValueError(f"item_vectors must be the index's (N={self.num_items}, D_I) item "
+                       f"vectors, got shape {items.shape}")
+    q = np.asarray(query_vectors, np.float32)
+    k_prime = teacher_k_prime if teacher_k_prime < self.num_items else None
+    teacher = self._teacher_rows(q, teacher_k, k_prime, "hindexer")
+    params = fit_hindexer(self.hindexer, q, items, self.mol_scores_fn(), teacher,
+                          params=self.arrays.hindexer_params,
+                          num_hard_negatives=num_hard_negatives, learning_rate=learning_rate,
+                          **fit_kwargs)
+    return self.with_hindexer(self.hindexer, params, items)
+
+  def _teacher_rows(self, queries: np.ndarray, k: int, k_prime: int | None,
+                    generator: str, batch: int = 256) -> np.ndarray:
+    """(M, k) rows of each query's MoL top k: exact when k_prime is None, else a two-stage
+    retrieve with `generator` at k'."""
+    rows = []
+    for s in range(0, queries.shape[0], batch):
+      qb = queries[s:s + batch]
+      r = (self._exact_rows(qb, k) if k_prime is None
+           else self._two_stage_rows(qb, k, k_prime, generator))
+      rows.append(np.asarray(r))
+    return np.concatenate(rows)
 
   # ------------------------------------------------------------------------- properties
 
