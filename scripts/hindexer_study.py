@@ -177,6 +177,9 @@ def recall_by_mol_rank(ranks: np.ndarray, k_primes: list[int],
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.params and not Path(args.params).is_file():
+    raise SystemExit(f"error: --params {args.params}: no such file (write one with "
+                     f"scripts/bench_retrieval.py --hindexer_params=FILE)")
   src = load_source(args.checkpoint, args.seed)
   rng = np.random.default_rng(args.seed)
   perm = rng.permutation(len(src.queries))
@@ -192,8 +195,10 @@ def main(argv=None) -> None:
   t = time.time()
   hindexer = HIndexer(dim=args.dim, hidden=args.hidden,
                       num_probes=args.num_probes, normalize=not args.unnormalized)
+  saved = {}
   if args.params:
-    h_params = serialization.msgpack_restore(Path(args.params).read_bytes())["params"]
+    saved = serialization.msgpack_restore(Path(args.params).read_bytes())
+    h_params = saved["params"]
   else:
     train_items = np.concatenate([sample(rng, args.pool, src.item_mean, src.item_chol),
                                   src.real_items])
@@ -254,8 +259,7 @@ def main(argv=None) -> None:
                 recall_by_mol_rank=recall_by_mol_rank(r, _ints(args.k_primes)))
   if args.params:
     record["fit"] = dict(params_file=args.params, dim=args.dim, hidden=args.hidden,
-                         settings=json.loads(serialization.msgpack_restore(
-                             Path(args.params).read_bytes()).get("settings", "null")))
+                         settings=json.loads(saved.get("settings", "null")))
   if refine:
     record["refine"] = refine          # stage1_recall_at_k_prime is after refining
   if fit_recall:
