@@ -499,6 +499,73 @@ def test_refine_hindexer_rejects_other_item_vectors():
     index.refine_hindexer(_rand(18, (16, D_Q)), items[:200], teacher_k=5, steps=1)
 
 
+@pytest.mark.parametrize("method", ["fit", "refine", "with"])
+@pytest.mark.parametrize("change", ["reversed", "shifted", "width"])
+def test_hindexer_methods_reject_vectors_that_are_not_the_index_own(method, change):
+  index, items = _small_index()
+  other = {"reversed": items[::-1], "shifted": items + 0.5,
+           "width": np.concatenate([items, items[:, :1]], axis=1)}[change]
+  match = "D_I=12" if change == "width" else "not the vectors this index was built from"
+  h = index.hindexer
+  queries = _rand(18, (16, D_Q))
+  with pytest.raises(ValueError, match=match):
+    if method == "fit":
+      index.fit_hindexer(queries, other, hidx.HIndexer(dim=4), teacher_k=5, steps=1)
+    elif method == "refine":
+      index.refine_hindexer(queries, other, teacher_k=5, steps=1)
+    else:
+      index.with_hindexer(h, index.arrays.hindexer_params, other)
+  # The index's own vectors pass (also as float64).
+  same = index.with_hindexer(h, index.arrays.hindexer_params, items.astype(np.float64))
+  np.testing.assert_allclose(same.arrays.hindexer_items, index.arrays.hindexer_items, atol=1e-6)
+
+
+@pytest.mark.parametrize("generator", ["avg", "hindexer"])
+def test_recall_curve_is_the_stage1_overlap_with_the_exact_top_k(generator):
+  index, _ = _small_index()
+  queries = _rand(20, (40, D_Q))
+  k, k_primes = 10, (10, 30, 100, 300)
+  # batch 16: two full batches and a padded one of 8.
+  curve = index.recall_curve(queries, k, k_primes, generator, batch=16)
+  assert list(curve) == list(k_primes)
+  exact, _ = index.exact_mol_topk(queries, k)
+  for kp in k_primes:
+    # Stage 2 keeps every exact top-k item stage 1 finds, so recall = stage-1 overlap / k.
+    cand, _ = index.stage1(queries, kp, generator)
+    want = np.mean([len(np.intersect1d(c, e)) / k for c, e in zip(np.asarray(cand),
+                                                                   np.asarray(exact))])
+    assert curve[kp] == pytest.approx(want, abs=1e-9), (kp, curve[kp], want)
+  values = list(curve.values())
+  assert values == sorted(values) and values[-1] == 1.0 and values[0] < 1.0
+
+
+def test_choose_k_prime_returns_the_smallest_reaching_the_target():
+  index, _ = _small_index()
+  queries = _rand(21, (32, D_Q))
+  k_primes = (10, 20, 50, 100, 200, 300)
+  curve = index.recall_curve(queries, 10, k_primes, "avg")
+  target = (curve[50] + curve[100]) / 2 if curve[50] < curve[100] else curve[100]
+  chosen = index.choose_k_prime(queries, 10, target, "avg", k_primes=k_primes)
+  assert curve[chosen] >= target
+  assert all(curve[kp] < target for kp in k_primes if kp < chosen), (chosen, curve)
+  # Default ladder 10, 20, 50, 100, 200, 300 (= N): the same answer.
+  assert index.choose_k_prime(queries, 10, target, "avg") == chosen
+  assert index.choose_k_prime(queries, 10, 1.0, "avg") <= 300
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(target_recall=0.0), "target_recall"), (dict(target_recall=1.5), "target_recall"),
+    (dict(k_primes=[5]), "k=10 exceeds k_prime=5"), (dict(k_primes=[]), "k_primes is empty"),
+    (dict(k_primes=[400]), "exceeds the 300 items"), (dict(batch=0), "batch"),
+    (dict(k_primes=[10], target_recall=1.0), r"the best is 0\.\d+ at k'=10")])
+def test_choose_k_prime_rejects_bad_arguments(kwargs, match):
+  index, _ = _small_index()
+  args = dict(target_recall=0.9, k_primes=[10, 100])
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    index.choose_k_prime(_rand(22, (8, D_Q)), 10, generator="avg", **args)
+
+
 @pytest.mark.parametrize("kwargs, match", [(dict(num_hard_negatives=-1), "num_hard_negatives"),
                                            (dict(num_hard_negatives=10 ** 6), "num_hard_negatives"),
                                            (dict(num_hard_negatives=4, mine_every=0), "mine_every")])

@@ -104,6 +104,17 @@ def _query_dim(head_params) -> int:
   raise ValueError("head params lack query_out_proj: not the params of a MoLHead")
 
 
+def _item_dim(head_params) -> int:
+  for name in ("item_gate_proj", "item_out_proj"):
+    if name in head_params:
+      return int(head_params[name]["kernel"].shape[0])
+  raise ValueError("head params lack item_out_proj: not the params of a MoLHead")
+
+
+# Rows of item_vectors recomputed to check they are the index's own (spread over 0..N-1).
+_ITEM_CHECK_ROWS = 64
+
+
 def _dedupe_mask(rows: Array) -> Array:
   """(B, S) int rows -> (B, S) bool, True at the first occurrence of each row."""
   order = jnp.argsort(rows, axis=-1)
@@ -240,9 +251,14 @@ class MoLIndex:
 
   def with_hindexer(self, hindexer: HIndexer, hindexer_params,
                     item_vectors: Array | np.ndarray, chunk: int = 8192) -> "MoLIndex":
-    """A copy whose 'hindexer' generator uses the given towers over (N, D_I) item vectors."""
-    h_items = embed_item_table(hindexer, hindexer_params,
-                               np.asarray(item_vectors, np.float32), chunk)
+    """A copy whose 'hindexer' generator uses the given towers over the (N, D_I) item
+    vectors this index was built from (row r = item row r; checked)."""
+    items = self._check_item_vectors(item_vectors)
+    return self._with_hindexer(hindexer, hindexer_params, items, chunk)
+
+  def _with_hindexer(self, hindexer: HIndexer, hindexer_params, items: np.ndarray,
+                     chunk: int = 8192) -> "MoLIndex":
+    h_items = embed_item_table(hindexer, hindexer_params, items, chunk)
     a = self.arrays
     arrays = _make_arrays(a.item_ids, a.item_components, a.item_gate, a.head_params,
                           h_items, hindexer_params, self.quantization)
@@ -267,11 +283,11 @@ class MoLIndex:
       **fit_kwargs: forwarded to `hindexer.fit_hindexer` (steps, batch_size, ...).
     """
     hindexer = hindexer or HIndexer(dim=32)
+    items = self._check_item_vectors(item_vectors)
     q = np.asarray(query_vectors, np.float32)
     teacher = self._teacher_rows(q, teacher_k, teacher_k_prime, "avg")
-    params = fit_hindexer(hindexer, q, item_vectors, self.mol_scores_fn(), teacher,
-                          **fit_kwargs)
-    return self.with_hindexer(hindexer, params, item_vectors)
+    params = fit_hindexer(hindexer, q, items, self.mol_scores_fn(), teacher, **fit_kwargs)
+    return self._with_hindexer(hindexer, params, items)
 
   def refine_hindexer(self, query_vectors: Array | np.ndarray, item_vectors: Array | np.ndarray,
                       teacher_k: int = 64, teacher_k_prime: int = 20000,
@@ -296,10 +312,7 @@ class MoLIndex:
     if "hindexer" not in self.generators:
       raise ValueError("refine_hindexer needs an index with an h-indexer: fit one first "
                        "(fit_hindexer) or attach one (with_hindexer)")
-    items = np.asarray(item_vectors, np.float32)
-    if items.ndim != 2 or items.shape[0] != self.num_items:
-      raise ValueError(f"item_vectors must be the index's (N={self.num_items}, D_I) item "
-                       f"vectors, got shape {items.shape}")
+    items = self._check_item_vectors(item_vectors)
     q = np.asarray(query_vectors, np.float32)
     k_prime = teacher_k_prime if teacher_k_prime < self.num_items else None
     teacher = self._teacher_rows(q, teacher_k, k_prime, "hindexer")
@@ -307,7 +320,7 @@ class MoLIndex:
                           params=self.arrays.hindexer_params,
                           num_hard_negatives=num_hard_negatives, learning_rate=learning_rate,
                           **fit_kwargs)
-    return self.with_hindexer(self.hindexer, params, items)
+    return self._with_hindexer(self.hindexer, params, items)
 
   def _teacher_rows(self, queries: np.ndarray, k: int, k_prime: int | None,
                     generator: str, batch: int = 256) -> np.ndarray:
@@ -351,6 +364,38 @@ class MoLIndex:
     if not jnp.issubdtype(q.dtype, jnp.floating):
       raise ValueError(f"queries must be float, got {q.dtype}")
     return q.astype(jnp.float32)
+
+  def _check_item_vectors(self, item_vectors) -> np.ndarray:
+    """(N, D_I) float32 item vectors, checked to be the ones this index was built from.
+
+    The MoL item sides of a few rows spread over 0..N-1 are recomputed and compared with
+    the stored ones: other vectors, or the right ones in another row order, would give a
+    silently wrong stage 1.
+    """
+    items = np.asarray(item_vectors)
+    n, d_i = self.num_items, _item_dim(self.arrays.head_params)
+    if items.ndim != 2 or items.shape != (n, d_i) or not np.issubdtype(items.dtype,
+                                                                        np.floating):
+      raise ValueError(f"item_vectors must be the float (N={n}, D_I={d_i}) item vectors this "
+                       f"index was built from, got {items.dtype} {items.shape}")
+    items = items.astype(np.float32, copy=False)
+    rows = np.unique(np.linspace(0, n - 1, min(n, _ITEM_CHECK_ROWS)).round().astype(np.int64))
+    side = self.head.apply({"params": self.arrays.head_params}, jnp.asarray(items[rows]),
+                           method=MoLHead.item_side)
+    a = self.arrays
+    pairs = [(side.components, a.item_components[rows])]
+    if a.item_gate is not None:
+      pairs.append((side.gate, a.item_gate[rows]))
+    tol = 1e-3 if jnp.dtype(self.head.dtype) == jnp.float32 else 5e-2
+    for got, stored in pairs:
+      got, stored = np.asarray(got, np.float32), np.asarray(stored, np.float32)
+      if not np.allclose(got, stored, rtol=tol, atol=tol):
+        bad = int(rows[np.argmax(np.abs(got - stored).reshape(len(rows), -1).max(-1))])
+        raise ValueError(
+            f"item_vectors are not the vectors this index was built from: row {bad}'s MoL "
+            "item side differs from the stored one. Pass the same (N, D_I) item vectors, in "
+            "the index's row order (row r = the item with id item_ids[r])")
+    return items
 
   def _check_k(self, k: int, k_prime: int | None = None) -> None:
     n = self.num_items
@@ -566,6 +611,79 @@ class MoLIndex:
     fn = self._jitted(("exact", k, block), lambda a, x: self._exact(a, x, k, block))
     ids, scores, _ = fn(self.arrays, q)
     return ids, scores
+
+  def recall_curve(self, queries: Array | np.ndarray, k: int, k_primes, generator: str,
+                   batch: int = 256) -> dict[int, float]:
+    """Relative recall@k of the two-stage result against the exact MoL top-k, per k'.
+
+    The recall of a query is |two-stage top-k ∩ exact top-k| / k; the curve is its mean
+    over `queries` (scored `batch` at a time; the last batch is padded, not recompiled).
+    Use queries that stand for the traffic the index serves, not those its h-indexer was
+    fitted on.
+
+    Args:
+      queries: (M, D_Q) float query vectors.
+      k: results per query.
+      k_primes: stage-1 candidate counts, each in [k, N].
+      generator: stage-1 generator.
+      batch: queries per call.
+
+    Returns:
+      {k': mean relative recall@k}, in increasing k'.
+    """
+    q = np.asarray(self._check_queries(queries))
+    if q.shape[0] == 0:
+      raise ValueError("recall_curve needs at least one query, got 0")
+    self._check_generator(generator)
+    k_primes = sorted({int(kp) for kp in k_primes})
+    if not k_primes:
+      raise ValueError("k_primes is empty: give the stage-1 candidate counts to measure")
+    for kp in k_primes:
+      self._check_k(k, kp)
+    if not isinstance(batch, (int, np.integer)) or batch < 1:
+      raise ValueError(f"batch must be a positive int, got {batch!r}")
+    hits = dict.fromkeys(k_primes, 0)
+    for s in range(0, q.shape[0], batch):
+      qb = q[s:s + batch]
+      m = qb.shape[0]
+      if m < batch and q.shape[0] > batch:
+        qb = np.concatenate([qb, np.repeat(qb[-1:], batch - m, axis=0)])
+      exact = np.asarray(self.exact_mol_topk(qb, k)[0])[:m]
+      for kp in k_primes:
+        got = np.asarray(self.retrieve(qb, k, kp, generator)[0])[:m]
+        hits[kp] += sum(len(np.intersect1d(g[g >= 0], e[e >= 0])) for g, e in zip(got, exact))
+    return {kp: hits[kp] / (q.shape[0] * k) for kp in k_primes}
+
+  def choose_k_prime(self, queries: Array | np.ndarray, k: int, target_recall: float,
+                     generator: str, k_primes=None, batch: int = 256) -> int:
+    """The smallest k' whose relative recall@k (see `recall_curve`) reaches `target_recall`.
+
+    Args:
+      queries, k, generator, batch: as in `recall_curve`.
+      target_recall: in (0, 1].
+      k_primes: candidate k' to try (default k * 1, 2, 5, 10, 20, 50, ... below N, and N).
+
+    Raises:
+      ValueError: no k' reaches the target (the message names the best one measured).
+    """
+    if not 0 < target_recall <= 1:
+      raise ValueError(f"target_recall must lie in (0, 1], got {target_recall!r}")
+    if k_primes is None:
+      self._check_k(k)
+      k_primes, step = [], 0
+      while (kp := k * (1, 2, 5)[step % 3] * 10 ** (step // 3)) < self.num_items:
+        k_primes.append(kp)
+        step += 1
+      k_primes.append(self.num_items)
+    curve = self.recall_curve(queries, k, k_primes, generator, batch)
+    for kp, r in curve.items():
+      if r >= target_recall:
+        return kp
+    best = max(curve, key=lambda kp: (curve[kp], -kp))
+    raise ValueError(f"no k' reaches relative recall@{k} {target_recall} with generator "
+                     f"{generator!r}: the best is {curve[best]:.4f} at k'={best} (of "
+                     f"{', '.join(map(str, curve))}); try larger k' or a better stage 1 "
+                     "(e.g. fit_hindexer / refine_hindexer)")
 
   def mol_scores_fn(self) -> Callable[[Array, Array], Array]:
     """(queries (b, D_Q), rows (b, C) int32) -> (b, C) MoL scores (jittable)."""
