@@ -172,6 +172,69 @@ def test_sharded_topk_rejects_k_above_shard():
     topk_lib.sharded_topk(jnp.zeros((1, 8)), table, 5, make_mesh(8))
 
 
+# ----------------------------------------------------------------------------- sharded index
+
+
+@pytest.mark.parametrize("generator,quantization", [("avg", "fp32"), ("avg", "int8"),
+                                                    ("hindexer", "bf16"),
+                                                    ("per_component", "fp32")])
+def test_sharded_index_with_all_candidates_is_exact(generator, quantization):
+  assert jax.device_count() == 8
+  index, _ = _small_index()                        # 300 rows: 38 per shard, 4 padding rows
+  index = index.with_options(quantization)
+  sharded = index.sharded(make_mesh(8))
+  assert (sharded.num_shards, sharded.rows_per_shard) == (8, 38)
+  assert sharded.arrays.item_components.sharding.spec == jax.sharding.PartitionSpec("data")
+  q = _rand(30, (16, D_Q))
+  ref_ids, ref_scores = index.exact_mol_topk(q, 10)
+  ex_ids, ex_scores = sharded.exact_mol_topk(q, 10)
+  np.testing.assert_array_equal(ex_ids, ref_ids)
+  np.testing.assert_allclose(ex_scores, ref_scores, rtol=1e-5, atol=1e-6)
+  per_pair_k = sharded.rows_per_shard if generator == "per_component" else None
+  ids, scores = sharded.retrieve(q, 10, 300, generator, per_pair_k=per_pair_k)
+  np.testing.assert_array_equal(ids, ref_ids)
+  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_index_returns_true_mol_scores_of_distinct_real_items():
+  index, _ = _small_index()
+  sharded = index.sharded(make_mesh(8))
+  q = _rand(31, (16, D_Q))
+  all_ids, all_scores = index.exact_mol_topk(q, 300)                # every item's MoL score
+  for generator in ("avg", "hindexer"):
+    ids, scores = map(np.asarray, sharded.retrieve(q, 10, 100, generator))
+    for b in range(len(q)):
+      assert len(set(ids[b])) == 10 and set(ids[b]) <= set(range(1, 301)), ids[b]
+      truth = dict(zip(np.asarray(all_ids[b]), np.asarray(all_scores[b])))
+      np.testing.assert_allclose(scores[b], [truth[i] for i in ids[b]], rtol=1e-5, atol=1e-6)
+      assert np.all(np.diff(scores[b]) <= 0)
+
+
+def test_sharded_index_on_one_device_equals_the_index():
+  index, _ = _small_index()
+  q = _rand(32, (8, D_Q))
+  one = index.sharded(make_mesh(1))
+  for generator in ("avg", "hindexer", "per_component"):
+    ids, scores = one.retrieve(q, 10, 60, generator)
+    ref_ids, ref_scores = index.retrieve(q, 10, 60, generator)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
+
+
+def test_sharded_index_rejects_bad_arguments():
+  index, _ = _small_index()
+  with pytest.raises(ValueError, match="no axis 'model'"):
+    index.sharded(make_mesh(8), axis="model")
+  sharded = index.sharded(make_mesh(8))
+  with pytest.raises(ValueError, match="one of the 8 shards"):
+    sharded.retrieve(_rand(33, (4, D_Q)), 5, 100, "per_component", per_pair_k=39)
+  with pytest.raises(ValueError, match="exceeds the 300 items"):
+    sharded.retrieve(_rand(33, (4, D_Q)), 5, 301)
+  with pytest.raises(ValueError, match=r"item_ids must be >= 0"):
+    index_lib.MoLIndex.from_arrays(index.head, index.arrays.head_params, _rand(1, (5, D_I)),
+                                   item_ids=np.array([1, 2, -1, 4, 5]))
+
+
 # ----------------------------------------------------------------------------- quantisation
 
 

@@ -18,9 +18,11 @@ Stage-1 generators (`generator=`):
 Stage 2 gathers the candidates' precomputed MoL item sides `(B, k', P_X, d)` and gates
 `(B, k', P)`, scores them with `MoLHead.score_sides` (fp32 or bf16) and takes the top k.
 
-Item rows are 0..N-1; `item_ids[row]` is the id returned (1..N for a trained model, where
-id 0 is padding). Missing results (fewer than k distinct candidates) have id -1 and score
--inf. Hashed user-id MoL components are not supported (queries are vectors only).
+Item rows are 0..N-1; `item_ids[row]` (>= 0) is the id returned (1..N for a trained model,
+where id 0 is padding; rows with id -1 pad a sharded index and are never returned). Missing
+results (fewer than k distinct candidates) have id -1 and score -inf. Hashed user-id MoL
+components are not supported (queries are vectors only). `index.sharded(mesh)` splits the
+item rows over devices (`jaxret.retrieval.sharded`).
 """
 from __future__ import annotations
 
@@ -200,6 +202,8 @@ class MoLIndex:
     ids = np.arange(n, dtype=np.int32) if item_ids is None else np.asarray(item_ids, np.int32)
     if ids.shape != (n,):
       raise ValueError(f"item_ids must be ({n},), got shape {ids.shape}")
+    if n and ids.min() < 0:
+      raise ValueError(f"item_ids must be >= 0 (-1 marks a missing result), got {ids.min()}")
     side_fn = jax.jit(lambda p, x: head.apply({"params": p}, x, method=MoLHead.item_side))
     comps, gates = [], []
     for s in range(0, n, chunk):
@@ -248,6 +252,11 @@ class MoLIndex:
                 recall_target=self.recall_target, exact_kernel=self.exact_kernel)
     opts.update(kwargs)
     return MoLIndex(self.head, arrays, self.hindexer, q, **opts)
+
+  def sharded(self, mesh, axis: str = "data"):
+    """This index with its item rows split over `mesh[axis]` (a `ShardedMoLIndex`)."""
+    from jaxret.retrieval.sharded import ShardedMoLIndex    # it builds on this module
+    return ShardedMoLIndex(self, mesh, axis)
 
   def with_hindexer(self, hindexer: HIndexer, hindexer_params,
                     item_vectors: Array | np.ndarray, chunk: int = 8192) -> "MoLIndex":
@@ -502,6 +511,7 @@ class MoLIndex:
     # Candidates in row order: the stage-2 gathers then read the item table front to back,
     # ~20-35% faster per pair on a 2-core CPU at 1e6 items than in stage 1's score order.
     rows, valid = jax.lax.sort((rows, valid), dimension=-1, num_keys=1)
+    valid = valid & (arrays.item_ids[rows] >= 0)                      # padding rows: id -1
     return rows, jnp.where(valid, self._mol_scores(arrays, q_side, rows), -jnp.inf)
 
   def _two_stage(self, arrays: IndexArrays, q: Array, k: int, k_prime: int, generator: str,
@@ -518,12 +528,14 @@ class MoLIndex:
       gate = None if arrays.item_gate is None else arrays.item_gate[rows]
       side = MoLItemSide(arrays.item_components[rows], gate)           # (blk, P_X, d)
       if self.exact_kernel == "pallas":
-        return mol_pallas.mol_scores(self.head, arrays.head_params, q_side, side)
+        s = mol_pallas.mol_scores(self.head, arrays.head_params, q_side, side)
+        return jnp.where(arrays.item_ids[rows] >= 0, s, -jnp.inf)
       dt = MOL_DTYPES[self.mol_dtype]
       side = jax.tree.map(lambda x: x.astype(dt), side)
       qs = jax.tree.map(lambda x: x.astype(dt), q_side)
-      return self._stage2_head.apply({"params": arrays.head_params}, qs, side,
-                                     method=MoLHead.score_sides)      # (B, blk)
+      s = self._stage2_head.apply({"params": arrays.head_params}, qs, side,
+                                  method=MoLHead.score_sides)         # (B, blk)
+      return jnp.where(arrays.item_ids[rows] >= 0, s, -jnp.inf)        # padding rows: id -1
 
     top = topk_lib.blockwise_topk(score_fn, n, k, block)
     ids = jnp.where(jnp.isfinite(top.scores), arrays.item_ids[top.ids], -1)
