@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import sys
 from typing import Callable, Iterator
 
 from absl import app, flags, logging
 
+from jaxret.allocator import tune_allocator  # noqa: F401  (entry points and scripts use it)
 from jaxret.errors import JaxretError
 
 
@@ -20,37 +19,6 @@ def define_data_flags() -> None:
                       "else ./data.")
   flags.DEFINE_integer("min_interactions", 5,
                        "Iterative k-core: minimum interactions per user and per item (0 = off).")
-
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
-
-
-def tune_allocator() -> bool:
-  """Keeps freed memory in the process instead of returning it to the OS after every step.
-
-  XLA:CPU allocates and frees each step's large temporaries; glibc's defaults map and unmap
-  them (and trim its heaps), so every step pays page faults to zero fresh pages: on the
-  2-core machine a quarter of a SASRec run's CPU time was kernel time (strace: ~16k mmap /
-  munmap and ~68k mprotect calls in 3 epochs). Heap allocations up to 1 GB (no mmap) and no
-  trimming below 4 GB: a dot epoch 7.9 -> 6.8 s, MoL's step unchanged. JAXRET_MALLOC_ARENAS=N
-  also limits glibc to N arenas: with 1 or 2 a dot epoch took 5.3-6.1 s, but MoL's step was
-  20-30% slower, so it is off by default. glibc only (a no-op elsewhere);
-  JAXRET_TUNE_MALLOC=0 turns it all off. Returns whether it was applied.
-  """
-  if os.environ.get("JAXRET_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
-    return False
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
-    return False
-  settings = [(_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (4 << 30) - 1),
-              (_M_TOP_PAD, 256 << 20)]
-  arenas = os.environ.get("JAXRET_MALLOC_ARENAS", "")
-  if arenas.isdigit() and int(arenas) > 0:
-    settings.append((_M_ARENA_MAX, int(arenas)))
-  return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def run_main(main: Callable[[list[str]], None]) -> None:

@@ -44,6 +44,7 @@ from flax import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jaxret.allocator import tune_allocator  # noqa: E402
 from jaxret.models.heads import MoLHead  # noqa: E402
 from jaxret.retrieval import topk as topk_lib  # noqa: E402
 from jaxret.retrieval.hindexer import HIndexer  # noqa: E402
@@ -320,8 +321,10 @@ def main(argv=None) -> None:
   quants = args.quantizations.split(",")
   gens = args.generators.split(",")
   info = machine_info()
+  info["allocator_tuned"] = tune_allocator()
   print(f"jax {jax.__version__} on {info['jax_backend']} ({info['cpu_model']}, "
-        f"{info['cores']} cores); stage-1 top-k backend: {info['topk_backend']}")
+        f"{info['cores']} cores); stage-1 top-k backend: {info['topk_backend']}; "
+        f"allocator tuned: {info['allocator_tuned']}")
 
   src = load_source(args.checkpoint, args.seed)
   head, head_params = src.head, src.head_params
@@ -549,12 +552,15 @@ def render(recall_rows: list[dict], tput_rows: list[dict], info: dict, k: int = 
   host = f"{info.get('cpu_model', '?')}, {info.get('cores', '?')} cores"
   if info.get("accelerator"):
     host = f"{info['accelerator']} (host: {host})"
+  allocator = ("; glibc heap kept between calls (`jaxret.allocator.tune_allocator`)"
+               if info.get("allocator_tuned") else "")
   lines = [begin, "",
            f"Measured by `scripts/bench_retrieval.py` ({info.get('date', '?')}) on "
            f"{host}, jax "
            f"{info.get('jax_version', '?')} on {info.get('jax_backend', '?')}; MoL head "
            f"from {src}; batch {tput_rows[0]['batch'] if tput_rows else '?'} queries; "
-           f"stage-1 top-k backend `{info.get('topk_backend', '?')}`. Relative recall@{k}: "
+           f"stage-1 top-k backend `{info.get('topk_backend', '?')}`{allocator}. "
+           f"Relative recall@{k}: "
            f"overlap of the two-stage top-{k} with the exact MoL top-{k}.", ""]
   fit = info.get("hindexer_fit") or {}
   if fit.get("refine_steps"):

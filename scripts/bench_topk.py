@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jaxret.allocator import tune_allocator  # noqa: E402
 from jaxret.retrieval import topk as topk_lib  # noqa: E402
 
 
@@ -53,6 +54,7 @@ def main(argv=None) -> None:
   if set(methods) - {"grouped", "select"}:
     p.error(f"--methods: unknown {sorted(set(methods) - {'grouped', 'select'})}; "
             f"choose from grouped, select")
+  tune_allocator()
   scores = jax.random.normal(jax.random.key(0), (args.batch, args.pool))
   records = []
   for k in (int(v) for v in args.ks.split(",")):

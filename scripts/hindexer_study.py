@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_retrieval import gaussian_like, load_source, prefix_queries, sample  # noqa: E402
+from jaxret.allocator import tune_allocator  # noqa: E402
 from jaxret.retrieval.hindexer import HIndexer, embed_item_table  # noqa: E402
 from jaxret.retrieval.index import MoLIndex  # noqa: E402
 
@@ -177,6 +178,7 @@ def recall_by_mol_rank(ranks: np.ndarray, k_primes: list[int],
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  tune_allocator()
   if args.params and not Path(args.params).is_file():
     raise SystemExit(f"error: --params {args.params}: no such file (write one with "
                      f"scripts/bench_retrieval.py --hindexer_params=FILE)")

@@ -375,6 +375,13 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
   assert index_lib.MoLIndex.load(path, quantization="int8").quantization == "int8"
+  opts = dict(mol_dtype="bf16", backend="grouped", recall_target=0.9)
+  other = index_lib.MoLIndex.load(index.with_options(**opts).save(tmp_path / "bf16"))
+  assert {k: getattr(other, k) for k in ("mol_dtype", "recall_target")} == {
+      "mol_dtype": "bf16", "recall_target": 0.9}
+  assert other.backend_choice == "grouped" and other.exact_kernel == "xla"
+  pallas = index.with_options(exact_kernel="pallas").save(tmp_path / "pallas")
+  assert index_lib.MoLIndex.load(pallas).exact_kernel == "pallas"
 
 
 def test_from_model_matches_model_scores():

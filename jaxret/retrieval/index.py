@@ -751,7 +751,8 @@ class MoLIndex:
     meta = {"head": _module_config(self.head),
             "hindexer": None if self.hindexer is None else _module_config(self.hindexer),
             "quantization": self.quantization, "mol_dtype": self.mol_dtype,
-            "backend": self.backend_choice, "recall_target": self.recall_target}
+            "backend": self.backend_choice, "recall_target": self.recall_target,
+            "exact_kernel": self.exact_kernel}
     out["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **out)
@@ -775,6 +776,7 @@ class MoLIndex:
 
     quantization = overrides.pop("quantization", meta["quantization"])
     opts = {k: meta[k] for k in ("mol_dtype", "backend", "recall_target")}
+    opts["exact_kernel"] = meta.get("exact_kernel", "xla")           # files before 2026-12-07
     opts.update(overrides)
     gate = data.get("item_gate")
     h_items = data.get("hindexer_items")
