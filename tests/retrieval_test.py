@@ -609,7 +609,7 @@ def test_recall_curve_is_the_stage1_overlap_with_the_exact_top_k(generator):
   assert values == sorted(values) and values[-1] == 1.0 and values[0] < 1.0
 
 
-def test_choose_k_prime_returns_the_smallest_reaching_the_target():
+def test_choose_k_prime_returns_the_smallest_reaching_the_target(monkeypatch):
   index, _ = _small_index()
   queries = _rand(21, (32, D_Q))
   k_primes = (10, 20, 50, 100, 200, 300)
@@ -618,8 +618,13 @@ def test_choose_k_prime_returns_the_smallest_reaching_the_target():
   chosen = index.choose_k_prime(queries, 10, target, "avg", k_primes=k_primes)
   assert curve[chosen] >= target
   assert all(curve[kp] < target for kp in k_primes if kp < chosen), (chosen, curve)
-  # Default ladder 10, 20, 50, 100, 200, 300 (= N): the same answer.
+  # Default ladder 10, 20, 50, 100, 200, 300 (= N): the same answer, and no larger k' is run.
+  tried = []
+  retrieve = index.retrieve
+  monkeypatch.setattr(index, "retrieve", lambda q, k, kp, g: tried.append(kp) or
+                      retrieve(q, k, kp, g))
   assert index.choose_k_prime(queries, 10, target, "avg") == chosen
+  assert max(tried) == chosen, tried
   assert index.choose_k_prime(queries, 10, 1.0, "avg") <= 300
 
 

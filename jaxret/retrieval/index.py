@@ -643,6 +643,11 @@ class MoLIndex:
     Returns:
       {k': mean relative recall@k}, in increasing k'.
     """
+    return self._recall_points(queries, k, k_primes, generator, batch)
+
+  def _recall_points(self, queries, k: int, k_primes, generator: str, batch: int,
+                     stop_at: float | None = None) -> dict[int, float]:
+    """`recall_curve`, in increasing k', stopping after the first k' reaching `stop_at`."""
     q = np.asarray(self._check_queries(queries))
     if q.shape[0] == 0:
       raise ValueError("recall_curve needs at least one query, got 0")
@@ -654,17 +659,23 @@ class MoLIndex:
       self._check_k(k, kp)
     if not isinstance(batch, (int, np.integer)) or batch < 1:
       raise ValueError(f"batch must be a positive int, got {batch!r}")
-    hits = dict.fromkeys(k_primes, 0)
+    batches = []                                 # (padded queries, real rows, exact top-k)
     for s in range(0, q.shape[0], batch):
       qb = q[s:s + batch]
       m = qb.shape[0]
       if m < batch and q.shape[0] > batch:
         qb = np.concatenate([qb, np.repeat(qb[-1:], batch - m, axis=0)])
-      exact = np.asarray(self.exact_mol_topk(qb, k)[0])[:m]
-      for kp in k_primes:
+      batches.append((qb, m, np.asarray(self.exact_mol_topk(qb, k)[0])[:m]))
+    curve = {}
+    for kp in k_primes:
+      hits = 0
+      for qb, m, exact in batches:
         got = np.asarray(self.retrieve(qb, k, kp, generator)[0])[:m]
-        hits[kp] += sum(len(np.intersect1d(g[g >= 0], e[e >= 0])) for g, e in zip(got, exact))
-    return {kp: hits[kp] / (q.shape[0] * k) for kp in k_primes}
+        hits += sum(len(np.intersect1d(g[g >= 0], e[e >= 0])) for g, e in zip(got, exact))
+      curve[kp] = hits / (q.shape[0] * k)
+      if stop_at is not None and curve[kp] >= stop_at:
+        break
+    return curve
 
   def choose_k_prime(self, queries: Array | np.ndarray, k: int, target_recall: float,
                      generator: str, k_primes=None, batch: int = 256) -> int:
@@ -673,7 +684,8 @@ class MoLIndex:
     Args:
       queries, k, generator, batch: as in `recall_curve`.
       target_recall: in (0, 1].
-      k_primes: candidate k' to try (default k * 1, 2, 5, 10, 20, 50, ... below N, and N).
+      k_primes: candidate k' to try, smallest first, stopping at the first that reaches the
+        target (default k * 1, 2, 5, 10, 20, 50, ... below N, and N).
 
     Raises:
       ValueError: no k' reaches the target (the message names the best one measured).
@@ -687,7 +699,7 @@ class MoLIndex:
         k_primes.append(kp)
         step += 1
       k_primes.append(self.num_items)
-    curve = self.recall_curve(queries, k, k_primes, generator, batch)
+    curve = self._recall_points(queries, k, k_primes, generator, batch, stop_at=target_recall)
     for kp, r in curve.items():
       if r >= target_recall:
         return kp
