@@ -9,6 +9,13 @@ import sys
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _INT_MAX = (1 << 31) - 1                 # mallopt takes a C int
+_applied = False                         # mallopt is process-wide; so is this record of it
+
+
+def heap_kept() -> bool:
+  """Whether `tune_allocator` was applied in this process (large temporaries reuse heap
+  pages instead of being mapped and faulted in afresh on every call)."""
+  return _applied
 
 
 def tune_allocator() -> bool:
@@ -40,4 +47,6 @@ def tune_allocator() -> bool:
   arenas = os.environ.get("JAXRET_MALLOC_ARENAS", "")
   if arenas.isdigit() and int(arenas) > 0:
     settings.append((_M_ARENA_MAX, int(arenas)))
-  return all(mallopt(param, value) == 1 for param, value in settings)
+  global _applied
+  _applied = all(mallopt(param, value) == 1 for param, value in settings) or _applied
+  return _applied

@@ -320,8 +320,9 @@ def main(argv=None) -> None:
   pools, ks, k_primes = _ints(args.pool_sizes), _ints(args.ks), _ints(args.k_primes)
   quants = args.quantizations.split(",")
   gens = args.generators.split(",")
+  allocator_tuned = tune_allocator()          # before machine_info: it sets the CPU default
   info = machine_info()
-  info["allocator_tuned"] = tune_allocator()
+  info["allocator_tuned"] = allocator_tuned
   print(f"jax {jax.__version__} on {info['jax_backend']} ({info['cpu_model']}, "
         f"{info['cores']} cores); stage-1 top-k backend: {info['topk_backend']}; "
         f"allocator tuned: {info['allocator_tuned']}")
@@ -400,7 +401,7 @@ def main(argv=None) -> None:
                                  hindexer=hindexer if h_params is not None else None,
                                  hindexer_params=h_params)
     print(f"\n== {pool} pool of {n} items: index built in {time.time() - t0:.1f}s "
-          f"(stage-1 backend {index.backend} for k' <= 512)")
+          f"(stage-1 backend {index.stage1_backend(100, args.batch * n)} at k'=100)")
     if h_params is not None and args.hindexer_refine_steps > 0:
       t0 = time.time()
       index = index.refine_hindexer(train_q[:args.hindexer_refine_queries], items,

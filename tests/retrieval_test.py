@@ -146,7 +146,10 @@ def test_blockwise_dot_topk_groups_equal_exact(group, n, k):
 def test_best_backend_is_known():
   assert topk_lib.best_backend() in topk_lib.BACKENDS
   assert topk_lib.best_backend("tpu") == "approx"
-  assert topk_lib.best_backend("cpu", k=100, num_scores=256 * 10**6) == "blockwise"
+  assert topk_lib.best_backend("cpu", k=100, num_scores=256 * 10**6,
+                               heap_kept=False) == "blockwise"
+  assert topk_lib.best_backend("cpu", k=100, num_scores=256 * 10**6, heap_kept=True) == "select"
+  assert topk_lib.best_backend("cpu", k=100, num_scores=256 * 10**7, heap_kept=True) == "blockwise"
   assert topk_lib.best_backend("cpu", k=5000, num_scores=256 * 10**6) == "select"
   assert topk_lib.best_backend("gpu", k=5000, num_scores=256 * 10**6) == "grouped"
   assert topk_lib.best_backend("gpu", k=100, num_scores=256 * 10**8) == "blockwise"

@@ -40,6 +40,7 @@ try:                                     # a jax without it uses pure_callback
 except ImportError:
   _buffer_callback = None
 
+from jaxret import allocator
 from jaxret.retrieval.quantization import QuantizedTable
 
 Array = jax.Array
@@ -59,7 +60,11 @@ BACKENDS = ("exact", "approx", "blockwise", "grouped", "select")
 #   machine loaded by two other jobs). Its host selects read XLA's buffers in place
 #   (`buffer_callback`); stage 1 at k=1000 / 2000 / 5000 / 10000 / 20000 (matmul included)
 #   became 1.11x / 1.25x / 1.12x / 1.44x / 1.71x faster than with pure_callback and groups
-#   of 16 (same loaded machine, same run).
+#   of 16 (same loaded machine, same run). With `jaxret.allocator.tune_allocator` the 1 GB
+#   full matrix stays in the heap instead of being mapped and faulted in per call; then at
+#   k=100, N=1e6, B=256 (results/diagnostics/bench_retrieval_mol_s0_refined, idle 2-core AMD
+#   EPYC, 2026-12-07) `select` ran 2,112 q/s against blockwise 1,230, grouped 583, exact
+#   419, approx 409, so with a kept heap the CPU default is `select` at every k.
 # GPU (results/gpu/, one H200, jax 0.11.2, B=256): `grouped_topk` over the full matrix.
 #   N=1e6: 1.7 / 2.1 / 4.8 ms at k=100 / 1000 / 10000 against one `lax.top_k`'s 17 ms
 #   (10x / 8x / 3.5x); stage 1 at k=100, N=1e5: grouped 496k q/s, blockwise 425k, exact 119k.
@@ -83,17 +88,22 @@ class TopK(NamedTuple):
 
 
 def best_backend(platform: str | None = None, k: int | None = None,
-                 num_scores: int | None = None) -> str:
+                 num_scores: int | None = None, heap_kept: bool | None = None) -> str:
   """The backend measured fastest on `platform` (default: jax's default backend).
 
   Args:
     platform: 'cpu', 'gpu', 'tpu', ... (default: jax's default backend).
     k: results per query, when known (on CPU a large k favours one full top-k).
     num_scores: B * N of the call, when known (bounds the full matrix on CPU).
+    heap_kept: CPU: whether the process keeps freed heap pages
+      (`jaxret.allocator.tune_allocator`; default: whether it was applied). Then a full
+      score matrix costs no fresh page faults per call and `select` is fastest at any k.
   """
   platform = platform or jax.default_backend()
   best = _BEST.get(platform, "exact")
-  if (best == "blockwise" and k is not None and k > _CPU_BLOCKWISE_MAX_K
+  if heap_kept is None:
+    heap_kept = allocator.heap_kept()
+  if (best == "blockwise" and (heap_kept or (k is not None and k > _CPU_BLOCKWISE_MAX_K))
       and (num_scores is None or num_scores <= _CPU_EXACT_MAX_SCORES)):
     return "select"
   if best == "grouped" and num_scores is not None and num_scores > _GPU_FULL_MAX_SCORES:
