@@ -10,14 +10,13 @@ import json
 from pathlib import Path
 
 import jax
-import ml_collections
 from absl import flags
 
 from experiments import cli
+from experiments.workdirs import restore_best
 from jaxret import data as data_lib
 from jaxret import sharding
 from jaxret import train
-from jaxret.checkpoint import Checkpointer
 from jaxret.errors import ConfigError
 
 flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json and checkpoints/).")
@@ -25,31 +24,6 @@ flags.DEFINE_enum("split", "test", ["valid", "test"], "Which split to evaluate."
 flags.DEFINE_string("out", None, "Output JSON (default: workdir/<split>_metrics_eval.json).")
 flags.DEFINE_string("data_dir", None, "Override the run's data_dir.")
 FLAGS = flags.FLAGS
-
-
-def restore_best(workdir: str, data_dir: str | None = None):
-  """A run's (config, sequences, split, model, best params, checkpoint meta) from its workdir.
-
-  Raises:
-    ConfigError: no config.json, or no best checkpoint yet.
-  """
-  workdir_path = Path(workdir)
-  config_file = workdir_path / "config.json"
-  if not config_file.is_file():
-    raise ConfigError(f"{config_file} not found: --workdir must be the folder of a run made by "
-                      f"`python -m experiments.run`")
-  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-  if data_dir:
-    config.data_dir = data_dir
-  seqs, sp = train.load_data(config)
-  model = train.build_model(config, seqs.num_items)
-  state = train.init_state(config, model, seqs.num_items, jax.random.key(0))
-  ckpt = Checkpointer(workdir_path)
-  restored = ckpt.restore("best", {"params": state.params})
-  ckpt.close()
-  if restored is None:
-    raise ConfigError(f"{workdir_path}/checkpoints/best holds no checkpoint yet; train first")
-  return config, seqs, sp, model, restored[0]["params"], restored[1]
 
 
 def evaluate_workdir(workdir: str, split: str = "test", data_dir: str | None = None

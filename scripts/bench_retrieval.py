@@ -147,7 +147,7 @@ def load_source(checkpoint: str, seed: int) -> Source:
     dim = 50
     params = head.init(jax.random.key(seed), jnp.zeros((1, dim)), jnp.zeros((1, dim)))
     return Source(head, params["params"], np.zeros(dim), np.eye(dim), None, None)
-  from experiments.evaluate import restore_best
+  from experiments.workdirs import restore_best
   from jaxret.data import EvalBatches
   from jaxret.errors import ConfigError
   from jaxret.models.retrieval import RetrievalModel

@@ -625,7 +625,7 @@ class MoLIndex:
     return ids, scores
 
   def recall_curve(self, queries: Array | np.ndarray, k: int, k_primes, generator: str,
-                   batch: int = 256) -> dict[int, float]:
+                   batch: int = 256, stop_at: float | None = None) -> dict[int, float]:
     """Relative recall@k of the two-stage result against the exact MoL top-k, per k'.
 
     The recall of a query is |two-stage top-k ∩ exact top-k| / k; the curve is its mean
@@ -639,15 +639,12 @@ class MoLIndex:
       k_primes: stage-1 candidate counts, each in [k, N].
       generator: stage-1 generator.
       batch: queries per call.
+      stop_at: measure k' in increasing order and stop after the first whose recall
+        reaches this (None: measure all).
 
     Returns:
       {k': mean relative recall@k}, in increasing k'.
     """
-    return self._recall_points(queries, k, k_primes, generator, batch)
-
-  def _recall_points(self, queries, k: int, k_primes, generator: str, batch: int,
-                     stop_at: float | None = None) -> dict[int, float]:
-    """`recall_curve`, in increasing k', stopping after the first k' reaching `stop_at`."""
     q = np.asarray(self._check_queries(queries))
     if q.shape[0] == 0:
       raise ValueError("recall_curve needs at least one query, got 0")
@@ -677,6 +674,15 @@ class MoLIndex:
         break
     return curve
 
+  def default_k_primes(self, k: int) -> list[int]:
+    """k * 1, 2, 5, 10, 20, 50, ... below N, then N: the k' that `choose_k_prime` tries."""
+    self._check_k(k)
+    k_primes, step = [], 0
+    while (kp := k * (1, 2, 5)[step % 3] * 10 ** (step // 3)) < self.num_items:
+      k_primes.append(kp)
+      step += 1
+    return k_primes + [self.num_items]
+
   def choose_k_prime(self, queries: Array | np.ndarray, k: int, target_recall: float,
                      generator: str, k_primes=None, batch: int = 256) -> int:
     """The smallest k' whose relative recall@k (see `recall_curve`) reaches `target_recall`.
@@ -693,13 +699,8 @@ class MoLIndex:
     if not 0 < target_recall <= 1:
       raise ValueError(f"target_recall must lie in (0, 1], got {target_recall!r}")
     if k_primes is None:
-      self._check_k(k)
-      k_primes, step = [], 0
-      while (kp := k * (1, 2, 5)[step % 3] * 10 ** (step // 3)) < self.num_items:
-        k_primes.append(kp)
-        step += 1
-      k_primes.append(self.num_items)
-    curve = self._recall_points(queries, k, k_primes, generator, batch, stop_at=target_recall)
+      k_primes = self.default_k_primes(k)
+    curve = self.recall_curve(queries, k, k_primes, generator, batch, stop_at=target_recall)
     for kp, r in curve.items():
       if r >= target_recall:
         return kp
