@@ -5,6 +5,7 @@ Build once (from arrays, or from a trained `RetrievalModel` and its params), the
   index = MoLIndex.from_model(model, params, quantization="int8")
   ids, scores = index.retrieve(queries, k=100, k_prime=2000, generator="avg")
   ref_ids, ref_scores = index.exact_mol_topk(queries, k=100)     # brute-force reference
+  k_prime = index.choose_k_prime(held_out_queries, k=100, target_recall=0.99, generator="avg")
 
 Stage-1 generators (`generator=`):
   * 'hindexer': dot product of dedicated low-dim embeddings (`HIndexer`), trained jointly
