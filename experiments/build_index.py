@@ -16,14 +16,12 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from experiments import cli
-from experiments.workdirs import restore_best
-from jaxret import data as data_lib
+from experiments.workdirs import encoded_examples, restore_best
 from jaxret.errors import ConfigError
 from jaxret.models.retrieval import RetrievalModel
 from jaxret.retrieval import GENERATORS, QUANTIZATIONS, HIndexer, MoLIndex
@@ -52,12 +50,8 @@ FLAGS = flags.FLAGS
 
 def user_queries(model, params, seqs, examples, max_len: int) -> np.ndarray:
   """(M, D) query vectors: the encoder's output at the last position of each example."""
-  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=RetrievalModel.encode))
-  out = []
-  for b in data_lib.EvalBatches(seqs, examples, max_len, 256, exclude_history=False):
-    real = np.asarray(b["weight"]) > 0
-    out.append(np.asarray(encode(params, b["inputs"])[:, -1])[real])
-  return np.concatenate(out).astype(np.float32)
+  return np.concatenate([enc[:, -1] for _, enc in encoded_examples(
+      model, params, seqs, examples, max_len)]).astype(np.float32)
 
 
 def build(workdir: str, out: str | None = None, data_dir: str | None = None, **opts) -> dict:

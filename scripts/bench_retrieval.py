@@ -147,8 +147,7 @@ def load_source(checkpoint: str, seed: int) -> Source:
     dim = 50
     params = head.init(jax.random.key(seed), jnp.zeros((1, dim)), jnp.zeros((1, dim)))
     return Source(head, params["params"], np.zeros(dim), np.eye(dim), None, None)
-  from experiments.workdirs import restore_best
-  from jaxret.data import EvalBatches
+  from experiments.workdirs import encoded_examples, restore_best
   from jaxret.errors import ConfigError
   from jaxret.models.retrieval import RetrievalModel
   try:
@@ -161,14 +160,9 @@ def load_source(checkpoint: str, seed: int) -> Source:
   ids = jnp.arange(1, seqs.num_items + 1, dtype=jnp.int32)
   items = np.asarray(model.apply({"params": params}, ids, method=RetrievalModel.embed_items),
                      np.float64)
-  encode_fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=RetrievalModel.encode))
-  batches = EvalBatches(seqs, split.eval_examples("test"), config.max_len, 256,
-                        exclude_history=False)
   queries, prefixes, owners, seen = [], [], [], 0
-  for b in batches:
-    real = b["weight"] > 0
-    inputs = np.asarray(b["inputs"])[real]
-    encoded = np.asarray(encode_fn(params, b["inputs"]))[real]         # (b, L, D)
+  for inputs, encoded in encoded_examples(model, params, seqs, split.eval_examples("test"),
+                                          config.max_len):                # (b, L), (b, L, D)
     queries.append(encoded[:, -1])              # the last position: the user's test query
     earlier = inputs[:, :-1] != 0               # real items before the last (left-padded)
     rows, cols = np.nonzero(earlier)

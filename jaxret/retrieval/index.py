@@ -530,12 +530,12 @@ class MoLIndex:
       side = MoLItemSide(arrays.item_components[rows], gate)           # (blk, P_X, d)
       if self.exact_kernel == "pallas":
         s = mol_pallas.mol_scores(self.head, arrays.head_params, q_side, side)
-        return jnp.where(arrays.item_ids[rows] >= 0, s, -jnp.inf)
-      dt = MOL_DTYPES[self.mol_dtype]
-      side = jax.tree.map(lambda x: x.astype(dt), side)
-      qs = jax.tree.map(lambda x: x.astype(dt), q_side)
-      s = self._stage2_head.apply({"params": arrays.head_params}, qs, side,
-                                  method=MoLHead.score_sides)         # (B, blk)
+      else:
+        dt = MOL_DTYPES[self.mol_dtype]
+        side = jax.tree.map(lambda x: x.astype(dt), side)
+        qs = jax.tree.map(lambda x: x.astype(dt), q_side)
+        s = self._stage2_head.apply({"params": arrays.head_params}, qs, side,
+                                    method=MoLHead.score_sides)       # (B, blk)
       return jnp.where(arrays.item_ids[rows] >= 0, s, -jnp.inf)        # padding rows: id -1
 
     top = topk_lib.blockwise_topk(score_fn, n, k, block)
