@@ -378,6 +378,38 @@ def test_download_from_a_local_mirror(tmp_path, monkeypatch):
     data.download("ml-1m", str(tmp_path / "data2"), str(tmp_path / "cache2"), progress=False)
 
 
+def test_ml_1m_half_download_keeps_the_first_users_lines(tmp_path, monkeypatch):
+  """ml-1m-half is made from the ML-1M archive: the lines with UserID <= max_user, in order;
+  a different count of kept users / lines is an error and leaves no file behind."""
+  import hashlib
+  import zipfile
+  lines = [(1, 10, 5, 100), (1, 11, 4, 101), (2, 10, 3, 102), (3, 12, 4, 103), (10, 10, 1, 104)]
+  archive = tmp_path / "mirror" / "ml-1m.zip"
+  archive.parent.mkdir()
+  with zipfile.ZipFile(archive, "w") as zf:
+    zf.writestr("ml-1m/ratings.dat", ml_text(lines=lines))
+  md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+  spec = sources.DATASETS["ml-1m-half"]
+  assert (spec.download.max_user, spec.download.expect) == (2999, (2999, 487650))
+
+  def use(expect):
+    dl = sources.Download(archive.as_uri(), md5, "ml-1m/ratings.dat", "ratings.dat",
+                          max_user=2, expect=expect)
+    monkeypatch.setitem(sources.DATASETS, "ml-1m-half",
+                        sources.DatasetSpec("ml-1m-half", spec.files, dl))
+
+  use((2, 3))
+  path = data.download("ml-1m-half", str(tmp_path / "data"), str(tmp_path / "cache"),
+                       progress=False)
+  assert path.read_text() == ml_text(lines=lines[:3])
+  seqs = data.load_sequences("ml-1m-half", str(tmp_path / "data"), 0, cache=False)
+  assert (seqs.num_users, seqs.num_interactions) == (2, 3)
+  use((2, 4))
+  with pytest.raises(DataError, match="kept 2 users / 3 lines with UserID <= 2, expected 2 / 4"):
+    data.download("ml-1m-half", str(tmp_path / "data2"), str(tmp_path / "cache"), progress=False)
+  assert list((tmp_path / "data2" / "ml-1m-half").iterdir()) == []
+
+
 @pytest.mark.parametrize("protocol", ["loo", "ratio"])
 def test_no_evaluation_target_leaks_into_training(protocol):
   """Every (input, target) pair a training batch holds is an interaction of the training part:

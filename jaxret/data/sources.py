@@ -22,6 +22,7 @@ Without timestamps, file order is time order.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -33,6 +34,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -56,6 +58,10 @@ class Download:
   md5: str | None
   member: str | None  # path inside a zip archive; None for a plain file
   filename: str  # name to write under DATA_DIR/NAME/
+  # A subset of a MovieLens `UserID::...` file: keep the lines with UserID <= max_user, in
+  # file order, and check that exactly `expect` = (users, lines) are kept.
+  max_user: int | None = None
+  expect: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +87,10 @@ DATASETS: dict[str, DatasetSpec] = {
             "ml-1m-half",
             (FileSpec("ratings.dat", "movielens_dat"),
              FileSpec("ratings.dat.gz", "movielens_dat")),
-            None,
-            note="the first 2,999 users of ML-1M (edX CS100 lab subset); make it from the full "
-                 "ml-1m ratings.dat by keeping the lines with UserID <= 2999"),
+            Download(f"{_GROUPLENS}/ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906",
+                     "ml-1m/ratings.dat", "ratings.dat", max_user=2999, expect=(2999, 487650)),
+            note="the first 2,999 users of ML-1M (edX CS100 lab subset): the lines of the full "
+                 "ml-1m ratings.dat with UserID <= 2999"),
         DatasetSpec(
             "ml-20m",
             (FileSpec("ratings.csv", "movielens_csv"),
@@ -397,7 +404,8 @@ def download(name: str, data_dir: str | None = None, cache_dir: str | None = Non
   """Fetches dataset `name` from its official URL into DATA_DIR/NAME/ and returns the path.
 
   The archive is cached in `cache_dir` (default `~/.cache/jaxret/downloads`), verified
-  against its md5 where one is published, and the ratings file extracted atomically.
+  against its md5 where one is published, and the ratings file extracted atomically (for a
+  user subset such as ml-1m-half: only the lines of its users, count-checked).
   """
   from tqdm.auto import tqdm
 
@@ -430,11 +438,34 @@ def download(name: str, data_dir: str | None = None, cache_dir: str | None = Non
   folder.mkdir(parents=True, exist_ok=True)
   target = folder / dl.filename
   with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp_out:
-    if dl.member is None:
-      with open(archive, "rb") as src:
-        shutil.copyfileobj(src, tmp_out)
-    else:
-      with zipfile.ZipFile(archive) as zf, zf.open(dl.member) as src:
-        shutil.copyfileobj(src, tmp_out)
+    try:
+      with contextlib.ExitStack() as stack:
+        if dl.member is None:
+          src = stack.enter_context(open(archive, "rb"))
+        else:
+          zf = stack.enter_context(zipfile.ZipFile(archive))
+          src = stack.enter_context(zf.open(dl.member))
+        if dl.max_user is None:
+          shutil.copyfileobj(src, tmp_out)
+        else:
+          _copy_users(src, tmp_out, dl, archive)
+    except BaseException:
+      os.unlink(tmp_out.name)
+      raise
   os.replace(tmp_out.name, target)
   return target
+
+
+def _copy_users(src: IO[bytes], out: IO[bytes], dl: Download, archive: Path) -> None:
+  """Copies the lines of `UserID::...` text with UserID <= dl.max_user; checks dl.expect."""
+  users, lines = set(), 0
+  for line in src:
+    user = int(line.split(b"::", 1)[0])
+    if user <= dl.max_user:
+      out.write(line)
+      users.add(user)
+      lines += 1
+  if dl.expect is not None and (len(users), lines) != dl.expect:
+    raise DataError(f"{archive}:{dl.member}: kept {len(users):,} users / {lines:,} lines with "
+                    f"UserID <= {dl.max_user}, expected {dl.expect[0]:,} / {dl.expect[1]:,}; "
+                    f"delete it and download again")
