@@ -185,9 +185,48 @@ def warm_start_encoder(config: ml_collections.ConfigDict, params: Any, num_items
                       f"match this run's (layers or shapes differ, e.g. another dataset, "
                       f"max_len or encoder size); warm-start from a run of the same encoder")
   encoder = jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), encoder, params["encoder"])
-  return ({**params, "encoder": encoder},
-          f"encoder initialised from {src}/checkpoints/best (epoch {meta.get('best_epoch')}, "
-          f"{src_config.head} head, valid {src_config.eval.metric} {meta.get('best', 0):.4f})")
+  loaded = (f"encoder initialised from {src}/checkpoints/best (epoch {meta.get('best_epoch')}, "
+            f"{src_config.head} head, valid {src_config.eval.metric} {meta.get('best', 0):.4f})")
+  params = {**params, "encoder": encoder}
+  if config.get("init_head_as_dot"):
+    params = {**params, "head": mol_head_as_dot(config, src_config, params["head"])}
+    loaded += "; MoL components start as the dot head (init_head_as_dot)"
+  return params, loaded
+
+
+def mol_head_as_dot(config: ml_collections.ConfigDict, src_config: ml_collections.ConfigDict,
+                    head_params: Any) -> Any:
+  """MoL head params whose score equals the l2-normalised dot head of `src_config`.
+
+  The linear component projections become zero-padded identities (D -> d, bias 0) for every
+  component: all P logits are cos(q, i) / tau, and the gating's weights, which sum to 1, leave
+  that unchanged. The gating MLPs keep their fresh init, so the components diverge in training.
+  """
+  if config.head != "mol":
+    raise ConfigError(f"--config.init_head_as_dot needs --head=mol, got {config.head!r}")
+  if src_config.head != "dot" or not src_config.dot.normalize:
+    raise ConfigError(f"--config.init_head_as_dot: --config.init_from={config.init_from} "
+                      f"trained a {src_config.head!r} head; it needs an l2-normalised dot run "
+                      f"(--head=dot --config.dot.normalize=True)")
+  if config.mol.query_hidden or config.mol.get("item_hidden", 0):
+    raise ConfigError("--config.init_head_as_dot needs linear MoL projections: set "
+                      "--config.mol.query_hidden=0 (and mol.item_hidden=0)")
+  if config.mol.temperature != src_config.dot.temperature:
+    raise ConfigError(f"--config.init_head_as_dot: mol.temperature {config.mol.temperature} "
+                      f"!= the dot run's dot.temperature {src_config.dot.temperature}; make "
+                      f"them equal")
+  out = dict(head_params)
+  d = config.mol.component_dim
+  for name, comps in (("query_out_proj", config.mol.num_query_components),
+                      ("item_out_proj", config.mol.num_item_components)):
+    kernel = head_params[name]["kernel"]                                 # (D, comps * d)
+    if kernel.shape[0] > d:
+      raise ConfigError(f"--config.init_head_as_dot needs mol.component_dim >= the encoder "
+                        f"dim {kernel.shape[0]}, got {d}")
+    eye = jnp.eye(kernel.shape[0], d, dtype=kernel.dtype)
+    out[name] = {"kernel": jnp.tile(eye, (1, comps)),
+                 "bias": jnp.zeros_like(head_params[name]["bias"])}
+  return out
 
 
 def svd_factors_for(config, seqs: data_lib.Sequences, split: data_lib.Split) -> np.ndarray:
@@ -579,6 +618,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       math.isfinite(scale) and scale >= 0):
     raise ConfigError(f"--config.train.encoder_lr_scale must be a number >= 0 (1: the "
                       f"learning rate of the rest), got {scale!r}")
+  if config.get("init_head_as_dot") and not config.get("init_from"):
+    raise ConfigError("--config.init_head_as_dot starts the MoL head as a dot run's head: "
+                      "give that run with --config.init_from=WORKDIR")
   _check_nonnegative_int("eval.sampled_negatives", config.eval.get("sampled_negatives", 0),
                          " (0: rank against every item)")
   for field, value in (("train.batch_size", config.train.batch_size),

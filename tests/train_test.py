@@ -1,5 +1,6 @@
 """Training: every (encoder, head, loss) learns; the loop checkpoints, resumes and re-evaluates."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -358,6 +359,46 @@ def test_warm_start_loads_the_encoder_of_another_run(tiny_dir, tmp_path):
   with pytest.raises(ConfigError, match="init_from=.*nowhere: no config.json there"):
     train.warm_start_encoder(tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "nowhere")),
                              fresh, seqs.num_items)
+
+
+def test_init_head_as_dot_starts_mol_with_the_dot_runs_scores(tiny_dir, tmp_path):
+  dot = tiny_config(tiny_dir, head="dot", **{"train.epochs": 2})
+  train.train_and_evaluate(dot, tmp_path / "dot", log=lambda s: None)
+  mol = tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"), init_head_as_dot=True,
+                    **{"mol.query_hidden": 0, "mol.component_dim": 20})
+  seqs, _ = train.load_data(mol)
+  mol_model = train.build_model(mol, seqs.num_items)
+  fresh = train.init_state(mol, mol_model, seqs.num_items, jax.random.key(3)).params
+  params, loaded = train.warm_start_encoder(mol, fresh, seqs.num_items)
+  assert "MoL components start as the dot head" in loaded
+  dot_model = train.build_model(dot, seqs.num_items)
+  template = train.init_params(dot, dot_model, jax.random.key(0))
+  ckpt = Checkpointer(tmp_path / "dot")
+  (best, _), _ = ckpt.restore("best", {"params": template}), ckpt.close()
+  q, items = jax.random.normal(jax.random.key(1), (3, 16)), jax.random.normal(
+      jax.random.key(2), (3, 7, 16))
+  want = dot_model.head.apply({"params": best["params"].get("head", {})}, q, items)
+  got = mol_model.head.apply({"params": params["head"]}, q, items)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  fresh_scores = mol_model.head.apply({"params": fresh["head"]}, q, items)
+  assert not np.allclose(fresh_scores, want, atol=1e-2)
+  for a, b in zip(jax.tree.leaves(params["head"]["logits_gate"]),
+                  jax.tree.leaves(fresh["head"]["logits_gate"])):
+    np.testing.assert_array_equal(a, b)                 # the gating starts fresh
+  bad = [({"mol.component_dim": 20}, "set --config.mol.query_hidden=0"),
+         ({"mol.query_hidden": 0, "mol.component_dim": 20, "mol.temperature": 0.1},
+          "mol.temperature 0.1 != the dot run's dot.temperature 0.05"),
+         ({"mol.query_hidden": 0}, "component_dim >= the encoder dim 16, got 8")]
+  for overrides, message in bad:
+    config = tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"),
+                         init_head_as_dot=True, **overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      train.warm_start_encoder(config, fresh, seqs.num_items)
+  config = tiny_config(tiny_dir, head="dot", init_from=str(tmp_path / "dot"), init_head_as_dot=True)
+  with pytest.raises(ConfigError, match="needs --head=mol, got 'dot'"):
+    train.warm_start_encoder(config, fresh, seqs.num_items)
+  with pytest.raises(ConfigError, match="give that run with --config.init_from"):
+    train.validate_config(tiny_config(tiny_dir, head="mol", init_head_as_dot=True))
 
 
 def test_cosine_learning_rate_schedule():

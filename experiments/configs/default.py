@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Warm start: the workdir of a finished run (e.g. a fast dot run) whose best checkpoint's
   # query encoder (with the item embeddings) initialises this run's; the head starts fresh.
   c.init_from = ""
+  # With init_from a dot run (l2-normalised) and a MoL head with linear projections
+  # (mol.query_hidden=0): every MoL component starts as the zero-padded input, so each of the P
+  # logits is the dot run's cos(q, i) / tau and the MoL score equals the dot head's at step 0.
+  c.init_head_as_dot = False
 
   # Loss and negatives.
   c.loss = "ss"  # 'bce', 'ss' (sampled softmax) or 'softmax' (full, small catalogs)
