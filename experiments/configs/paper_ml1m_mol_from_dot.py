@@ -19,16 +19,11 @@ NOT a recipe that gives MoL above dot in a short budget; kept as the measured pr
 """
 import ml_collections
 
-from experiments.configs.rows import common
-
-EPOCHS = 12
+from experiments.configs import paper_ml1m_mol_warm
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = common.paper_ml1m("mol")
-  c.init_from = ""  # required: the fast dot run's workdir
+  c = paper_ml1m_mol_warm.get_config()    # init_from required; 12 epochs, cosine
   c.init_head_as_dot = True
   c.mol.query_hidden = 0
-  c.train.lr_decay_epochs = EPOCHS
-  c.train.epochs = EPOCHS
   return c
