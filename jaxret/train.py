@@ -208,6 +208,9 @@ def mol_head_as_dot(config: ml_collections.ConfigDict, src_config: ml_collection
     raise ConfigError(f"--config.init_head_as_dot: --config.init_from={config.init_from} "
                       f"trained a {src_config.head!r} head; it needs an l2-normalised dot run "
                       f"(--head=dot --config.dot.normalize=True)")
+  if config.mol.get("num_user_components", 0) and config.mol.get("user_hash_buckets", 0):
+    raise ConfigError("--config.init_head_as_dot: user-id MoL components have no dot "
+                      "counterpart; set --config.mol.num_user_components=0")
   if config.mol.query_hidden or config.mol.get("item_hidden", 0):
     raise ConfigError("--config.init_head_as_dot needs linear MoL projections: set "
                       "--config.mol.query_hidden=0 (and mol.item_hidden=0)")

@@ -388,13 +388,16 @@ def test_init_head_as_dot_starts_mol_with_the_dot_runs_scores(tiny_dir, tmp_path
   bad = [({"mol.component_dim": 20}, "set --config.mol.query_hidden=0"),
          ({"mol.query_hidden": 0, "mol.component_dim": 20, "mol.temperature": 0.1},
           "mol.temperature 0.1 != the dot run's dot.temperature 0.05"),
-         ({"mol.query_hidden": 0}, "component_dim >= the encoder dim 16, got 8")]
+         ({"mol.query_hidden": 0}, "component_dim >= the encoder dim 16, got 8"),
+         ({"mol.query_hidden": 0, "mol.component_dim": 20, "mol.num_user_components": 1,
+           "mol.user_hash_buckets": 7}, "set --config.mol.num_user_components=0")]
   for overrides, message in bad:
     config = tiny_config(tiny_dir, head="mol", init_from=str(tmp_path / "dot"),
                          init_head_as_dot=True, **overrides)
     with pytest.raises(ConfigError, match=re.escape(message)):
       train.warm_start_encoder(config, fresh, seqs.num_items)
-  config = tiny_config(tiny_dir, head="dot", init_from=str(tmp_path / "dot"), init_head_as_dot=True)
+  config = tiny_config(tiny_dir, head="dot", init_from=str(tmp_path / "dot"),
+                       init_head_as_dot=True)
   with pytest.raises(ConfigError, match="needs --head=mol, got 'dot'"):
     train.warm_start_encoder(config, fresh, seqs.num_items)
   with pytest.raises(ConfigError, match="give that run with --config.init_from"):
